@@ -1,0 +1,1 @@
+"""Data: phantoms, datalists and splits, input validation, MSD download."""

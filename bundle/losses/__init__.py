@@ -1,0 +1,1 @@
+"""Losses: segmentation, reconstruction and the distillation terms the engine composes."""
