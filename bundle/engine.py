@@ -1,0 +1,164 @@
+"""One Ignite trainer for teacher, baseline student and distillation.
+
+The trainer runs the network with ``return_features=True`` (and the frozen teacher, when there
+is one), then hands both output dicts and the batch to a :class:`CompositeLoss`: a config-declared
+list of weighted :class:`LossTerm`. Each term names where its inputs come from
+(``student.seg``, ``teacher.encoder``, ``batch.label`` ...), so a new loss is a new module plus a
+config entry and this file never changes. Because it is a MONAI ``SupervisedTrainer``, MONAI's
+handlers (validation, checkpoints, stats, TensorBoard, MLflow) plug in unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from ignite.engine import Events
+from ignite.handlers import ProgressBar
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils.enums import CommonKeys as Keys
+from torch import nn
+
+SOURCES = ("student", "teacher", "batch")
+
+
+class LossTerm(nn.Module):
+    """A weighted loss whose positional inputs are read from ``source.key`` addresses."""
+
+    def __init__(self, loss: nn.Module, inputs: Sequence[str], weight: float = 1.0):
+        super().__init__()
+        for address in inputs:
+            source, _, key = address.partition(".")
+            if source not in SOURCES or not key:
+                raise ValueError(
+                    f"loss input '{address}' must look like 'student.seg', 'teacher.encoder' or 'batch.label' "
+                    f"(source one of {SOURCES})."
+                )
+        self.loss = loss
+        self.inputs = tuple(inputs)
+        self.weight = float(weight)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(a.startswith("teacher.") for a in self.inputs)
+
+    def forward(self, sources: Mapping[str, Mapping[str, torch.Tensor] | None]) -> torch.Tensor:
+        args = []
+        for address in self.inputs:
+            source, _, key = address.partition(".")
+            outputs = sources[source]
+            if outputs is None:
+                raise ValueError(f"loss input '{address}' needs a teacher, but the trainer has none: set `teacher`.")
+            if key not in outputs:
+                raise KeyError(f"loss input '{address}': the {source} provides only {sorted(outputs)}.")
+            args.append(outputs[key])
+        return self.loss(*args)
+
+
+class CompositeLoss(nn.Module):
+    """Named, weighted sum of :class:`LossTerm`; holds the terms' learned heads so they are optimised
+    and saved with the run (``parameters()``/``state_dict()``)."""
+
+    def __init__(self, terms: Mapping[str, LossTerm]):
+        super().__init__()
+        if not terms:
+            raise ValueError("CompositeLoss needs at least one loss term.")
+        self.terms = nn.ModuleDict(terms)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(term.needs_teacher for term in self.terms.values())
+
+    def forward(self, student, teacher, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        sources = {"student": student, "teacher": teacher, "batch": batch}
+        values = {name: term(sources) for name, term in self.terms.items()}
+        total = sum(self.terms[name].weight * value for name, value in values.items())
+        return total, {name: value.detach() for name, value in values.items()}
+
+
+def freeze(network: nn.Module) -> nn.Module:
+    """Eval mode and no gradients: the teacher's weights and BatchNorm statistics never change."""
+    network.eval()
+    for parameter in network.parameters():
+        parameter.requires_grad_(False)
+    return network
+
+
+class ComposedLossTrainer(SupervisedTrainer):
+    """``SupervisedTrainer`` whose loss is a :class:`CompositeLoss` over student (and teacher) outputs.
+
+    ``engine.state.output`` holds ``loss`` (the weighted total) and ``loss_terms`` (each term, unweighted),
+    and every term's epoch mean is stored in ``engine.state.metrics`` as ``loss_<name>`` so the stats,
+    TensorBoard and MLflow handlers log them all.
+    """
+
+    def __init__(self, *args, loss_function: CompositeLoss, teacher: nn.Module | None = None, **kwargs):
+        if loss_function.needs_teacher and teacher is None:
+            raise ValueError("the configured loss terms read 'teacher.*' inputs, but no `teacher` was given.")
+        super().__init__(*args, loss_function=loss_function, **kwargs)
+        self.teacher = freeze(teacher.to(self.state.device)) if teacher is not None else None
+        self._term_sums: dict[str, float] = {}
+        self.add_event_handler(Events.EPOCH_STARTED, lambda _: self._term_sums.clear())
+        self.add_event_handler(Events.EPOCH_COMPLETED, self._store_term_means)
+
+    def _store_term_means(self, engine) -> None:
+        steps = max(engine.state.epoch_length or 1, 1)
+        for name, total in self._term_sums.items():
+            engine.state.metrics[f"loss_{name}"] = total / steps
+
+    def _autocast(self):
+        enabled = bool(self.amp) and self.state.device.type == "cuda"
+        return torch.autocast(self.state.device.type, enabled=enabled, **(self.amp_kwargs or {}))
+
+    def _iteration(self, engine, batchdata):
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        inputs, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
+        batch = {"image": inputs, "label": targets}
+        teacher_out = None
+        if engine.teacher is not None:
+            engine.teacher.eval()
+            with torch.no_grad(), engine._autocast():
+                teacher_out = engine.teacher(inputs, return_features=True)
+
+        engine.network.train()
+        engine.loss_function.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        with engine._autocast():
+            student_out = engine.network(inputs, return_features=True)
+            engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets, Keys.PRED: student_out["seg"]}
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            loss, terms = engine.loss_function(student_out, teacher_out, batch)
+        engine.state.output[Keys.LOSS] = loss
+        engine.state.output["loss_terms"] = terms
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        if engine.scaler is not None and engine._autocast().fast_dtype == torch.float16:
+            engine.scaler.scale(loss).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.scaler.step(engine.optimizer)
+            engine.scaler.update()
+        else:
+            loss.backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            engine.optimizer.step()
+        engine.state.output[Keys.LOSS] = loss.detach()
+        for name, value in terms.items():
+            engine._term_sums[name] = engine._term_sums.get(name, 0.0) + float(value)
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
+
+
+def loss_logs(output: Mapping) -> dict[str, float]:
+    """``output_transform`` for stats/TensorBoard/MLflow handlers: the total and every term per iteration."""
+    logs = {"loss": float(output[Keys.LOSS])}
+    logs.update({f"loss_{name}": float(v) for name, v in output.get("loss_terms", {}).items()})
+    return logs
+
+
+class LossProgressBar(ProgressBar):
+    """Ignite's progress bar showing the total and every loss term (attachable from a config handler list)."""
+
+    def attach(self, engine, *args, **kwargs):
+        kwargs.setdefault("output_transform", loss_logs)
+        super().attach(engine, *args, **kwargs)

@@ -1,0 +1,60 @@
+"""Networks: paper-size parameter counts and the three named feature taps."""
+
+import pytest
+import torch
+
+from bundle.networks import SCALES, FeatureUNet, MultiTaskUNETR, SelectOutputs, count_parameters
+
+T1 = dict(channels=(64, 128, 256, 512), bottleneck=1024, convs_per_block=2, reconstruction=True)
+S1 = dict(channels=(16, 32), bottleneck=64, convs_per_block=1)
+S2 = dict(channels=(16, 32, 64), bottleneck=128, convs_per_block=1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, expected, tolerance",
+    [(T1, 43.2e6, 0.01), (S1, 57e3, 0.02), (S2, 227e3, 0.06)],
+    ids=["T1", "S1", "S2"],
+)
+def test_paper_widths_give_the_thesis_parameter_counts(kwargs, expected, tolerance):
+    assert count_parameters(FeatureUNet(**kwargs)) == pytest.approx(expected, rel=tolerance)
+
+
+def test_t2_is_a_vit_teacher_of_about_a_hundred_million_parameters():
+    params = count_parameters(MultiTaskUNETR(img_size=256))
+    assert 90e6 < params < 180e6
+
+
+@pytest.mark.parametrize(
+    "network",
+    [FeatureUNet(channels=(8, 16, 32), bottleneck=64, convs_per_block=2, reconstruction=True),
+     FeatureUNet(**S1),
+     MultiTaskUNETR(img_size=64, feature_size=8, hidden_size=96, mlp_dim=192, num_layers=4, num_heads=4)],
+    ids=["unet-teacher", "S1", "unetr-teacher"],
+)
+def test_features_match_declared_channels_and_plain_forward_gives_logits(network):
+    x = torch.randn(2, 1, 64, 64)
+    out = network(x, return_features=True)
+    assert out["seg"].shape == (2, 1, 64, 64)
+    for scale in SCALES:
+        assert out[scale].shape[:2] == (2, network.feature_channels[scale])
+    assert out["decoder"].shape[-2:] == (64, 64)
+    network.eval()
+    with torch.no_grad():
+        assert torch.equal(network(x), network(x, return_features=True)["seg"])
+
+
+def test_teachers_reconstruct_the_input_shape_and_students_do_not():
+    teacher = FeatureUNet(channels=(8, 16), bottleneck=16, reconstruction=True)
+    assert teacher(torch.randn(1, 1, 32, 32), return_features=True)["rec"].shape == (1, 1, 32, 32)
+    assert "rec" not in FeatureUNet(**S1)(torch.randn(1, 1, 32, 32), return_features=True)
+
+
+def test_select_outputs_gives_seg_and_rec_for_an_inferer():
+    teacher = FeatureUNet(channels=(8, 16), bottleneck=16, reconstruction=True).eval()
+    seg, rec = SelectOutputs(teacher, ["seg", "rec"])(torch.randn(1, 1, 32, 32))
+    assert seg.shape == rec.shape == (1, 1, 32, 32)
+
+
+def test_unetr_teacher_rejects_image_sizes_that_are_not_patch_multiples():
+    with pytest.raises(ValueError, match="multiple of the 16-pixel patch"):
+        MultiTaskUNETR(img_size=100)
