@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import hashlib
+
 import torch
 from ignite.engine import Events
 from ignite.handlers import ProgressBar
@@ -70,11 +72,67 @@ class CompositeLoss(nn.Module):
     def needs_teacher(self) -> bool:
         return any(term.needs_teacher for term in self.terms.values())
 
+    @property
+    def teacher_keys(self) -> set[str]:
+        """The teacher outputs the terms read: only these are cached."""
+        return {a.partition(".")[2] for term in self.terms.values() for a in term.inputs if a.startswith("teacher.")}
+
     def forward(self, student, teacher, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sources = {"student": student, "teacher": teacher, "batch": batch}
         values = {name: term(sources) for name, term in self.terms.items()}
         total = sum(self.terms[name].weight * value for name, value in values.items())
         return total, {name: value.detach() for name, value in values.items()}
+
+
+class TeacherCache:
+    """Memory-bounded store of a frozen teacher's per-slice outputs, keyed by the slice's content.
+
+    Without augmentation the same slices come back every epoch and the frozen teacher (eval mode,
+    so per-sample BatchNorm) gives the same outputs, so they are computed once. Keys are hashes of the
+    input bytes: an augmented or otherwise new slice simply misses, it can never get a stale answer.
+    Entries stop being added once ``max_megabytes`` is reached; ``dtype`` (e.g. ``float16``) halves it.
+    """
+
+    def __init__(self, max_megabytes: float = 1024, dtype: torch.dtype | None = None):
+        self.max_bytes = int(max_megabytes * 2**20)
+        self.dtype = dtype
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._entries: dict[bytes, dict[str, torch.Tensor]] = {}
+
+    @staticmethod
+    def key(image: torch.Tensor) -> bytes:
+        data = image.detach().cpu().contiguous()
+        digest = hashlib.blake2b(str(tuple(data.shape)).encode(), digest_size=16)
+        digest.update(data.numpy().tobytes())
+        return digest.digest()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def outputs(self, teacher: nn.Module, inputs: torch.Tensor, keys: set[str]) -> dict[str, torch.Tensor]:
+        """Teacher outputs for a batch: cached slices are gathered, the others computed and stored."""
+        slice_keys = [self.key(x) for x in inputs]
+        missing = [i for i, k in enumerate(slice_keys) if k not in self._entries]
+        self.hits += len(slice_keys) - len(missing)
+        self.misses += len(missing)
+        fresh: dict[int, dict[str, torch.Tensor]] = {}
+        if missing:
+            computed = teacher(inputs[missing], return_features=True)
+            for row, i in enumerate(missing):
+                entry = {k: computed[k][row] for k in keys}
+                fresh[i] = entry
+                self._store(slice_keys[i], entry)
+        rows = [fresh[i] if i in fresh else self._entries[k] for i, k in enumerate(slice_keys)]
+        return {k: torch.stack([row[k].to(inputs.device, inputs.dtype) for row in rows]) for k in keys}
+
+    def _store(self, key: bytes, entry: dict[str, torch.Tensor]) -> None:
+        stored = {k: v.detach().to("cpu", self.dtype or v.dtype) for k, v in entry.items()}
+        size = sum(v.numel() * v.element_size() for v in stored.values())
+        if self.bytes + size <= self.max_bytes:
+            self._entries[key] = stored
+            self.bytes += size
 
 
 def freeze(network: nn.Module) -> nn.Module:
@@ -93,11 +151,13 @@ class ComposedLossTrainer(SupervisedTrainer):
     TensorBoard and MLflow handlers log them all.
     """
 
-    def __init__(self, *args, loss_function: CompositeLoss, teacher: nn.Module | None = None, **kwargs):
+    def __init__(self, *args, loss_function: CompositeLoss, teacher: nn.Module | None = None,
+                 teacher_cache: TeacherCache | None = None, **kwargs):
         if loss_function.needs_teacher and teacher is None:
             raise ValueError("the configured loss terms read 'teacher.*' inputs, but no `teacher` was given.")
         super().__init__(*args, loss_function=loss_function, **kwargs)
         self.teacher = freeze(teacher.to(self.state.device)) if teacher is not None else None
+        self.teacher_cache = teacher_cache
         self._term_sums: dict[str, float] = {}
         self.add_event_handler(Events.EPOCH_STARTED, lambda _: self._term_sums.clear())
         self.add_event_handler(Events.EPOCH_COMPLETED, self._store_term_means)
@@ -120,7 +180,10 @@ class ComposedLossTrainer(SupervisedTrainer):
         if engine.teacher is not None:
             engine.teacher.eval()
             with torch.no_grad(), engine._autocast():
-                teacher_out = engine.teacher(inputs, return_features=True)
+                if engine.teacher_cache is None:
+                    teacher_out = engine.teacher(inputs, return_features=True)
+                else:
+                    teacher_out = engine.teacher_cache.outputs(engine.teacher, inputs, engine.loss_function.teacher_keys)
 
         engine.network.train()
         engine.loss_function.train()

@@ -1,0 +1,120 @@
+"""The composed-loss trainer: term wiring, the frozen teacher, per-term logging, the teacher cache."""
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from bundle.engine import CompositeLoss, ComposedLossTrainer, LossTerm, TeacherCache, loss_logs
+from bundle.networks import FeatureUNet
+
+
+def _loader(n=8, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 1, size, size, generator=g)
+    labels = (images > 0.6).float()
+    return DataLoader([{"image": i, "label": l} for i, l in zip(images, labels)], batch_size=4)
+
+
+def _student():
+    return FeatureUNet(channels=(4, 8), bottleneck=8)
+
+
+def _teacher():
+    torch.manual_seed(1)
+    return FeatureUNet(channels=(8, 16), bottleneck=16, reconstruction=True)
+
+
+def _trainer(student, loss, teacher=None, cache=None, epochs=2):
+    optimizer = torch.optim.SGD(list(student.parameters()) + list(loss.parameters()), lr=0.1)
+    return ComposedLossTrainer(device=torch.device("cpu"), max_epochs=epochs, train_data_loader=_loader(),
+                               network=student, optimizer=optimizer, loss_function=loss, teacher=teacher,
+                               teacher_cache=cache, decollate=False)
+
+
+def test_loss_term_rejects_malformed_addresses():
+    with pytest.raises(ValueError, match="'seg' must look like"):
+        LossTerm(nn.MSELoss(), ["seg", "batch.label"])
+    with pytest.raises(ValueError, match="source one of"):
+        LossTerm(nn.MSELoss(), ["model.seg", "batch.label"])
+
+
+def test_loss_term_names_the_missing_output():
+    term = LossTerm(nn.MSELoss(), ["student.rec", "batch.image"])
+    with pytest.raises(KeyError, match=r"student.rec.*provides only \['seg'\]"):
+        term({"student": {"seg": torch.zeros(1)}, "teacher": None, "batch": {"image": torch.zeros(1)}})
+
+
+def test_composite_loss_is_the_weighted_sum_of_its_terms():
+    student = {"a": torch.tensor([1.0, 3.0]), "b": torch.tensor([0.0, 0.0])}
+    batch = {"t": torch.tensor([0.0, 1.0])}
+    loss = CompositeLoss({
+        "first": LossTerm(nn.MSELoss(), ["student.a", "batch.t"], weight=2.0),   # mean(1, 4) = 2.5
+        "second": LossTerm(nn.L1Loss(), ["student.b", "batch.t"], weight=0.5),   # mean(0, 1) = 0.5
+    })
+    total, terms = loss(student, None, batch)
+    assert terms == {"first": pytest.approx(2.5), "second": pytest.approx(0.5)}
+    assert total.item() == pytest.approx(2.0 * 2.5 + 0.5 * 0.5)
+    assert loss_logs({"loss": total, "loss_terms": terms}) == {
+        "loss": pytest.approx(5.25), "loss_first": pytest.approx(2.5), "loss_second": pytest.approx(0.5)}
+
+
+def test_teacher_terms_without_a_teacher_fail_at_construction():
+    loss = CompositeLoss({"kd": LossTerm(nn.MSELoss(), ["student.seg", "teacher.seg"])})
+    with pytest.raises(ValueError, match="no `teacher` was given"):
+        _trainer(_student(), loss)
+
+
+def test_distillation_keeps_the_teacher_bit_identical_and_trains_the_student():
+    teacher, student = _teacher(), _student()
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student_before = {k: v.clone() for k, v in student.state_dict().items()}
+    loss = CompositeLoss({
+        "seg": LossTerm(nn.BCEWithLogitsLoss(), ["student.seg", "batch.label"]),
+        "kd": LossTerm(nn.MSELoss(), ["student.seg", "teacher.seg"], weight=0.5),
+    })
+    trainer = _trainer(student, loss, teacher=teacher)
+    teacher.train()  # the trainer must put it back in eval mode itself
+    trainer.run()
+    assert not teacher.training
+    assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, teacher_before[k]), k  # weights and BatchNorm running stats
+    assert any(not torch.equal(v, student_before[k]) for k, v in student.state_dict().items())
+    assert set(trainer.state.metrics) >= {"loss_seg", "loss_kd"}
+    assert set(trainer.state.output["loss_terms"]) == {"seg", "kd"}
+
+
+def test_teacher_cache_gives_the_same_outputs_and_hits_on_repeated_slices():
+    teacher = _teacher().eval()
+    images = torch.rand(4, 1, 32, 32)
+    cache = TeacherCache(max_megabytes=16)
+    with torch.no_grad():
+        direct = teacher(images, return_features=True)
+        first = cache.outputs(teacher, images, {"seg", "encoder"})
+        second = cache.outputs(teacher, images[[2, 0]], {"seg", "encoder"})
+    assert set(first) == {"seg", "encoder"}
+    assert torch.allclose(first["encoder"], direct["encoder"], atol=1e-6)
+    assert torch.allclose(second["seg"], direct["seg"][[2, 0]], atol=1e-6)
+    assert (cache.misses, cache.hits, len(cache)) == (4, 2, 4)
+
+
+def test_teacher_cache_respects_its_memory_bound():
+    teacher = _teacher().eval()
+    cache = TeacherCache(max_megabytes=1.5 * 32 * 32 * 4 / 2**20)  # room for one seg map of 32x32 float32
+    with torch.no_grad():
+        out = cache.outputs(teacher, torch.rand(3, 1, 32, 32), {"seg"})
+    assert out["seg"].shape == (3, 1, 32, 32)
+    assert len(cache) == 1 and cache.bytes <= cache.max_bytes
+
+
+def test_cached_and_uncached_distillation_train_the_same_student():
+    runs = []
+    for cache in (None, TeacherCache()):
+        torch.manual_seed(0)
+        student = _student()
+        loss = CompositeLoss({"kd": LossTerm(nn.MSELoss(), ["student.seg", "teacher.seg"])})
+        _trainer(student, loss, teacher=_teacher(), cache=cache, epochs=3).run()
+        runs.append(student.state_dict())
+    for k in runs[0]:
+        assert torch.allclose(runs[0][k].float(), runs[1][k].float(), atol=1e-5), k

@@ -1,0 +1,70 @@
+"""Per-volume metrics on masks whose answers are known, in millimetres, with the empty-mask conventions."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from bundle.metrics import flops_per_slice, psnr, summarize, volume_metrics
+
+
+def _cube(lo, hi, shape=(20, 20, 20)):
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[lo:hi, lo:hi, lo:hi] = True
+    return mask
+
+
+def test_overlap_metrics_match_hand_counts():
+    label = torch.zeros(10, 10, 10, dtype=torch.bool)
+    label[:4] = True                      # 400 voxels
+    pred = torch.zeros_like(label)
+    pred[2:6] = True                      # 400 voxels, 200 shared
+    m = volume_metrics(pred, label, spacing=(1, 1, 1))
+    assert m["dice"] == pytest.approx(2 * 200 / 800)
+    assert m["iou"] == pytest.approx(200 / 600)
+    assert m["precision"] == pytest.approx(0.5) and m["recall"] == pytest.approx(0.5)
+
+
+def test_distances_are_in_millimetres():
+    label, pred = _cube(5, 15), _cube(6, 16)  # shifted by one voxel on every axis
+    one_mm = volume_metrics(pred, label, spacing=(1, 1, 1), tolerance_mm=0.5)
+    three_mm = volume_metrics(pred, label, spacing=(3, 3, 3), tolerance_mm=0.5)
+    assert three_mm["hd95_mm"] == pytest.approx(3 * one_mm["hd95_mm"])
+    assert 0 < one_mm["hd95_mm"] <= math.sqrt(3) + 1e-6
+    assert volume_metrics(pred, label, (1, 1, 1), tolerance_mm=2.0)["surface_dice"] == pytest.approx(1.0)
+    assert volume_metrics(pred, label, (3, 3, 3), tolerance_mm=2.0)["surface_dice"] < 1.0
+
+
+def test_identical_masks_are_perfect():
+    m = volume_metrics(_cube(3, 9), _cube(3, 9), spacing=(0.8, 0.8, 2.5))
+    assert m == {"dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0, "surface_dice": 1.0, "hd95_mm": 0.0}
+
+
+def test_empty_mask_conventions():
+    empty, cube = torch.zeros(8, 8, 8, dtype=torch.bool), _cube(2, 5, (8, 8, 8))
+    assert volume_metrics(empty, empty, (1, 1, 1))["dice"] == 1.0
+    missed = volume_metrics(empty, cube, (1, 1, 1))
+    assert (missed["dice"], missed["precision"], missed["recall"], missed["surface_dice"]) == (0.0, 1.0, 0.0, 0.0)
+    assert math.isnan(missed["hd95_mm"])
+    false_alarm = volume_metrics(cube, empty, (1, 1, 1))
+    assert (false_alarm["precision"], false_alarm["recall"]) == (0.0, 1.0)
+
+
+def test_summary_ignores_undefined_values_and_counts_them():
+    rows = [{"dice": 0.5, "hd95_mm": 2.0}, {"dice": 1.0, "hd95_mm": float("nan")}, {"dice": 0.0, "hd95_mm": 4.0}]
+    s = summarize(rows)
+    assert s["dice"]["mean"] == pytest.approx(0.5) and s["dice"]["median"] == pytest.approx(0.5)
+    assert s["dice"]["std"] == pytest.approx(0.5)
+    assert s["hd95_mm"] == {"mean": 3.0, "std": pytest.approx(math.sqrt(2)), "median": 3.0, "n": 2, "undefined": 1}
+
+
+def test_psnr_of_a_known_error():
+    image = torch.zeros(1, 4, 4)
+    assert psnr(image + 0.1, image) == pytest.approx(20.0)
+    assert psnr(image, image) == math.inf
+
+
+def test_flops_of_a_single_convolution():
+    conv = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+    assert flops_per_slice(conv, 16) == 2 * 16 * 16 * 4 * 9
