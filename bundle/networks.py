@@ -74,6 +74,8 @@ class FeatureUNet(nn.Module):
         reconstruction: bool = False,
     ):
         super().__init__()
+        self.hparams = {"channels": list(channels), "bottleneck": bottleneck, "convs_per_block": convs_per_block,
+                        "reconstruction": reconstruction}
         self.encoders = nn.ModuleList()
         previous = in_channels
         for width in channels:
@@ -142,6 +144,8 @@ class MultiTaskUNETR(nn.Module):
         super().__init__()
         if img_size % 16:
             raise ValueError(f"MultiTaskUNETR img_size={img_size} must be a multiple of the 16-pixel patch.")
+        self.hparams = {"img_size": img_size, "feature_size": feature_size, "hidden_size": hidden_size,
+                        "num_layers": num_layers, "num_heads": num_heads}
         self.grid = img_size // 16
         self.hidden_size = hidden_size
         self.vit = ViT(in_channels=in_channels, img_size=img_size, patch_size=16, hidden_size=hidden_size,
