@@ -1,0 +1,40 @@
+"""Helpers shared by the feature-distillation losses: learned projection heads, spatial alignment
+and float32 evaluation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+EPS = 1e-8
+
+
+class ProjectionHead(nn.Sequential):
+    """1×1 conv → ReLU → 1×1 conv: maps a feature map of any width into a shared embedding space.
+
+    A registered submodule of its loss, so it is optimised and checkpointed with the student and
+    simply not used at inference.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, hidden_channels: int):
+        super().__init__(
+            nn.Conv2d(in_channels, hidden_channels, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden_channels, out_channels, 1),
+        )
+
+
+def common_size(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int]:
+    """The smaller of the two spatial sizes, per axis: features are compared at the coarser grid."""
+    return tuple(min(x, y) for x, y in zip(a.shape[-2:], b.shape[-2:]))
+
+
+def pool_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Adaptive average pooling to ``size`` (no-op when already there)."""
+    return x if tuple(x.shape[-2:]) == tuple(size) else F.adaptive_avg_pool2d(x, size)
+
+
+def full_precision(reference: torch.Tensor) -> torch.autocast:
+    """Disable autocast on ``reference``'s device so the loss maths stay in float32 under AMP."""
+    return torch.autocast(device_type=reference.device.type, enabled=False)
