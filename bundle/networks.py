@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from monai.networks.blocks import UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from monai.networks.blocks.dynunet_block import UnetOutBlock
 from monai.networks.nets.vit import ViT
@@ -62,6 +63,9 @@ class FeatureUNet(nn.Module):
     ``bottleneck`` the bottleneck width and ``convs_per_block`` the 3×3 convs in every block.
     Paper sizes: T1 ``(64,128,256,512)/1024/2`` with reconstruction ≈ 43.2 M parameters; S1
     ``(16,32)/64/1`` ≈ 57 k; S2 ``(16,32,64)/128/1`` ≈ 0.24 M.
+
+    ``stem_stride`` > 1 makes the first convolution strided and upsamples the logits bilinearly at the
+    end: the same parameters at about ``1/stem_stride²`` of the FLOPs (the fast CPU student S1-fast).
     """
 
     def __init__(
@@ -72,21 +76,28 @@ class FeatureUNet(nn.Module):
         bottleneck: int = 64,
         convs_per_block: int = 1,
         reconstruction: bool = False,
+        stem_stride: int = 1,
     ):
         super().__init__()
         self.hparams = {"channels": list(channels), "bottleneck": bottleneck, "convs_per_block": convs_per_block,
-                        "reconstruction": reconstruction}
+                        "reconstruction": reconstruction, "stem_stride": stem_stride}
         self.encoders = nn.ModuleList()
         previous = in_channels
-        for width in channels:
-            self.encoders.append(_conv_block(previous, width, convs_per_block))
+        for level, width in enumerate(channels):
+            self.encoders.append(_conv_block(previous, width, convs_per_block, stride=stem_stride if level == 0 else 1))
             previous = width
         self.pool = nn.MaxPool2d(2)
         self.bottleneck = _conv_block(previous, bottleneck, convs_per_block)
         self.seg_decoder = _Decoder(bottleneck, channels, convs_per_block, out_channels)
         self.rec_decoder = _Decoder(bottleneck, channels, convs_per_block, in_channels) if reconstruction else None
         self.feature_channels = {"encoder": channels[-1], "bottleneck": bottleneck, "decoder": channels[0]}
-        self.size_divisor = 2 ** len(channels)
+        self.stem_stride = stem_stride
+        self.size_divisor = stem_stride * 2 ** len(channels)
+
+    def _full_size(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stem_stride == 1:
+            return x
+        return F.interpolate(x, scale_factor=float(self.stem_stride), mode="bilinear", align_corners=False)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         skips = []
@@ -96,11 +107,12 @@ class FeatureUNet(nn.Module):
             x = self.pool(x)
         bottleneck = self.bottleneck(x)
         seg, decoder = self.seg_decoder(bottleneck, skips)
+        seg = self._full_size(seg)
         if not return_features:
             return seg
         out = {"seg": seg, "encoder": skips[-1], "bottleneck": bottleneck, "decoder": decoder}
         if self.rec_decoder is not None:
-            out["rec"] = self.rec_decoder(bottleneck, skips)[0]
+            out["rec"] = self._full_size(self.rec_decoder(bottleneck, skips)[0])
         return out
 
 
