@@ -42,6 +42,11 @@ def load_weights(network: nn.Module, path: str | os.PathLike, role: str = "netwo
                          f"the file is corrupt or not a PyTorch checkpoint.{retrain}") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
+    return load_state(network, state, path, role, retrain)
+
+
+def load_state(network: nn.Module, state, path: str | os.PathLike, role: str = "network", retrain: str = "") -> nn.Module:
+    """``network.load_state_dict(state)`` with an error naming the file and every kind of mismatch."""
     if not isinstance(state, dict):
         raise ValueError(f"{role} checkpoint '{path}' holds a {type(state).__name__}, not a state_dict.{retrain}")
     expected = network.state_dict()
@@ -61,3 +66,111 @@ def load_weights(network: nn.Module, path: str | os.PathLike, role: str = "netwo
         )
     network.load_state_dict(state)
     return network
+
+
+def _rng_state() -> dict:
+    """Every random generator a training run draws from, as tensors and plain Python values (loadable
+    with ``weights_only=True``)."""
+    import random
+
+    import numpy as np
+
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached": float(cached)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(obj, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file in the same folder, flushed to disk, then ``os.replace``-d."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+class TrainingStateSaver:
+    """Saves everything needed to continue a run — ``save_dict`` (model, optimizer, distillation heads,
+    scheduler ...), the trainer's epoch/iteration and the random generators — atomically after every
+    ``interval`` epochs, to ``save_dir/training_state.pt``. Pair with :func:`resume_training`."""
+
+    filename = "training_state.pt"
+
+    def __init__(self, save_dir: str, save_dict: dict, interval: int = 1):
+        self.path = Path(save_dir) / self.filename
+        self.save_dict = dict(save_dict)
+        self.interval = interval
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self.save)
+
+    def save(self, engine) -> None:
+        state = {name: _unwrap(obj).state_dict() for name, obj in self.save_dict.items()}
+        state["trainer"] = {"epoch": engine.state.epoch, "iteration": engine.state.iteration,
+                            "epoch_length": engine.state.epoch_length}
+        state["rng"] = _rng_state()
+        atomic_save(state, self.path)
+
+
+def _unwrap(obj):
+    """The module inside DistributedDataParallel / DataParallel, so checkpoints load without them."""
+    return obj.module if isinstance(obj, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else obj
+
+
+def resume_training(trainer, save_dir: str, save_dict: dict, resume: bool = True) -> bool:
+    """Restore ``save_dict``, the trainer's epoch/iteration and the random generators from
+    ``save_dir/training_state.pt`` so that ``trainer.run()`` continues where the run stopped.
+
+    Returns False (and changes nothing) when ``resume`` is off or there is no state yet.
+    """
+    path = Path(save_dir) / TrainingStateSaver.filename
+    if not resume or not path.is_file():
+        return False
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"training state '{path}' cannot be read ({type(error).__name__}: {error}); delete it "
+                         "to start the run from scratch.") from None
+    missing = [name for name in save_dict if name not in state]
+    if missing:
+        raise ValueError(f"training state '{path}' has no {missing}: it was written by another workflow. "
+                         "Point `train_state_dir` elsewhere or delete the file.")
+    for name, obj in save_dict.items():
+        target = _unwrap(obj)
+        if isinstance(target, nn.Module):
+            load_state(target, state[name], path, role=name)
+        else:
+            target.load_state_dict(state[name])
+    trainer.state.epoch = state["trainer"]["epoch"]
+    trainer.state.iteration = state["trainer"]["iteration"]
+    _set_rng_state(state["rng"])
+    trainer.logger.info(f"resumed from '{path}' at epoch {trainer.state.epoch}, iteration {trainer.state.iteration}")
+    return True

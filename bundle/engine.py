@@ -147,8 +147,8 @@ class ComposedLossTrainer(SupervisedTrainer):
     """``SupervisedTrainer`` whose loss is a :class:`CompositeLoss` over student (and teacher) outputs.
 
     ``engine.state.output`` holds ``loss`` (the weighted total) and ``loss_terms`` (each term, unweighted),
-    and every term's epoch mean is stored in ``engine.state.metrics`` as ``loss_<name>`` so the stats,
-    TensorBoard and MLflow handlers log them all.
+    and every term's running epoch mean is kept in ``engine.state.metrics`` as ``loss_<name>`` so the
+    stats, TensorBoard and MLflow handlers log them all at the end of each epoch.
     """
 
     def __init__(self, *args, loss_function: CompositeLoss, teacher: nn.Module | None = None,
@@ -159,13 +159,12 @@ class ComposedLossTrainer(SupervisedTrainer):
         self.teacher = freeze(teacher.to(self.state.device)) if teacher is not None else None
         self.teacher_cache = teacher_cache
         self._term_sums: dict[str, float] = {}
-        self.add_event_handler(Events.EPOCH_STARTED, lambda _: self._term_sums.clear())
-        self.add_event_handler(Events.EPOCH_COMPLETED, self._store_term_means)
+        self._term_steps = 0
+        self.add_event_handler(Events.EPOCH_STARTED, self._reset_term_means)
 
-    def _store_term_means(self, engine) -> None:
-        steps = max(engine.state.epoch_length or 1, 1)
-        for name, total in self._term_sums.items():
-            engine.state.metrics[f"loss_{name}"] = total / steps
+    def _reset_term_means(self, _) -> None:
+        self._term_sums.clear()
+        self._term_steps = 0
 
     def _autocast(self):
         enabled = bool(self.amp) and self.state.device.type == "cuda"
@@ -206,8 +205,11 @@ class ComposedLossTrainer(SupervisedTrainer):
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             engine.optimizer.step()
         engine.state.output[Keys.LOSS] = loss.detach()
+        # running epoch means, complete whenever EPOCH_COMPLETED handlers read them
+        engine._term_steps += 1
         for name, value in terms.items():
             engine._term_sums[name] = engine._term_sums.get(name, 0.0) + float(value)
+            engine.state.metrics[f"loss_{name}"] = engine._term_sums[name] / engine._term_steps
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
 
@@ -220,7 +222,15 @@ def loss_logs(output: Mapping) -> dict[str, float]:
 
 
 class LossProgressBar(ProgressBar):
-    """Ignite's progress bar showing the total and every loss term (attachable from a config handler list)."""
+    """Ignite's progress bar showing the total and every loss term (attachable from a config handler list).
+
+    Like tqdm's ``disable=None`` it stays silent when stderr is not a terminal, so logs of batch
+    jobs hold the per-epoch stats lines instead of thousands of bar redraws.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("disable", None)
+        super().__init__(*args, **kwargs)
 
     def attach(self, engine, *args, **kwargs):
         kwargs.setdefault("output_transform", loss_logs)

@@ -13,12 +13,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _radiological(slice_xy: np.ndarray) -> np.ndarray:
+    """RAS+ ``[x, y]`` → rows anterior-first, columns patient-right-first."""
+    return np.asarray(slice_xy).T[::-1, ::-1]
+
+
 def overlay_grid(images: Sequence[np.ndarray], columns: Mapping[str, Sequence[np.ndarray]], out_file: str | Path,
                  title: str = "") -> Path:
     """One row per slice: the CT slice, then each named mask (ground truth, students, teacher) overlaid in red.
 
-    Slices are ``[H, W]`` arrays in RAS voxel order; they are shown transposed and flipped so that
-    anterior is up and the patient's right is on the left, as radiologists read axial CT.
+    Slices are ``[x, y]`` arrays in RAS+ voxel order; they are shown with anterior up and the
+    patient's right on the viewer's left, as radiologists read axial CT.
     """
     rows, names = len(images), list(columns)
     fig, axes = plt.subplots(rows, len(names) + 1, figsize=(2.2 * (len(names) + 1), 2.2 * rows), squeeze=False)
@@ -26,10 +31,10 @@ def overlay_grid(images: Sequence[np.ndarray], columns: Mapping[str, Sequence[np
         panels = [("image", None)] + [(name, columns[name][r]) for name in names]
         for c, (name, mask) in enumerate(panels):
             ax = axes[r][c]
-            ax.imshow(np.flipud(image.T), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(_radiological(image), cmap="gray", vmin=0, vmax=1)
             if mask is not None:
-                ax.imshow(np.ma.masked_where(np.flipud(mask.T) < 0.5, np.flipud(mask.T)), cmap="autumn", alpha=0.5,
-                          vmin=0, vmax=1)
+                shown = _radiological(mask)
+                ax.imshow(np.ma.masked_where(shown < 0.5, shown), cmap="autumn", alpha=0.5, vmin=0, vmax=1)
             if r == 0:
                 ax.set_title(name, fontsize=9)
             ax.axis("off")

@@ -118,3 +118,15 @@ def test_cached_and_uncached_distillation_train_the_same_student():
         runs.append(student.state_dict())
     for k in runs[0]:
         assert torch.allclose(runs[0][k].float(), runs[1][k].float(), atol=1e-5), k
+
+
+def test_epoch_means_of_the_terms_are_those_of_the_epoch_just_finished():
+    seen = []
+    loss = CompositeLoss({"seg": LossTerm(nn.BCEWithLogitsLoss(), ["student.seg", "batch.label"])})
+    trainer = _trainer(_student(), loss, epochs=2)
+    per_iteration = []
+    from ignite.engine import Events
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: per_iteration.append(float(e.state.output["loss_terms"]["seg"])))
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append(e.state.metrics["loss_seg"]))
+    trainer.run()
+    assert seen == pytest.approx([sum(per_iteration[:2]) / 2, sum(per_iteration[2:]) / 2])

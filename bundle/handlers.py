@@ -1,0 +1,47 @@
+"""Handlers that keep a long training run alive when something around it fails."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+from monai.handlers import MLFlowHandler
+
+logger = logging.getLogger(__name__)
+
+
+class ResilientMLFlowHandler(MLFlowHandler):
+    """``MLFlowHandler`` that never stops training: when the tracking server is unreachable, the URI is
+    wrong or the SQLite store is locked, it logs one warning naming the URI and goes quiet for the rest
+    of the run (TensorBoard and the stats log still record everything)."""
+
+    _guarded = ("start", "iteration_completed", "epoch_completed", "complete", "close")
+    # MLflow's HTTP client retries 7 times with exponential back-off (minutes of a stalled run);
+    # unless the user chose otherwise, give up after a few seconds instead.
+    http_defaults = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+    def __init__(self, *args, **kwargs):
+        for name, value in self.http_defaults.items():
+            os.environ.setdefault(name, value)
+        super().__init__(*args, **kwargs)
+        self.uri = os.environ.get("MLFLOW_TRACKING_URI") or kwargs.get("tracking_uri") or (args[0] if args else None)
+        self.failed = False
+        for name in self._guarded:
+            setattr(self, name, self._guard(getattr(self, name)))
+
+    def _guard(self, method):
+        @functools.wraps(method)
+        def guarded(*args, **kwargs):
+            if self.failed:
+                return None
+            try:
+                return method(*args, **kwargs)
+            except Exception as error:  # any tracking failure: network, SQL, permissions, schema
+                self.failed = True
+                logger.warning(f"MLflow tracking at '{self.uri}' failed ({type(error).__name__}: {error}); "
+                               "training goes on without MLflow logging.")
+                return None
+
+        return guarded
