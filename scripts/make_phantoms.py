@@ -1,20 +1,40 @@
-"""Write an MSD-layout phantom dataset (NIfTI in HU, dataset.json): python scripts/make_phantoms.py --out DIR"""
+"""Write an MSD Task09_Spleen-layout phantom dataset (NIfTI in HU, dataset.json) for offline runs.
+
+    python scripts/make_phantoms.py --out data/phantoms --cases 16 --seed 0
+"""
+
+from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from bundle.data.phantoms import make_phantom_dataset  # noqa: E402
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="output folder (imagesTr/, labelsTr/, dataset.json)")
+    parser.add_argument("--cases", type=int, default=16, help="number of volumes")
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same files")
+    parser.add_argument("--shape", type=int, nargs=3, default=[128, 128, 48], metavar=("X", "Y", "Z"))
+    parser.add_argument("--spacing", type=float, nargs=3, default=[2.5, 2.5, 5.0], metavar=("X", "Y", "Z"),
+                        help="voxel size in mm")
+    args = parser.parse_args(argv)
+
+    from bundle.data.datalist import DataError
+    from bundle.data.phantoms import make_phantom_dataset
+
+    start = time.perf_counter()
+    try:
+        path = make_phantom_dataset(args.out, args.cases, args.seed, args.shape, args.spacing)
+    except DataError as error:
+        sys.exit(f"error: {error}")
+    print(f"wrote {args.cases} phantom volumes and {path} in {time.perf_counter() - start:.1f} s")
+    return path
+
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", required=True, help="output folder (imagesTr/, labelsTr/, dataset.json)")
-    parser.add_argument("--cases", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--shape", type=int, nargs=3, default=[128, 128, 48])
-    parser.add_argument("--spacing", type=float, nargs=3, default=[2.5, 2.5, 5.0])
-    args = parser.parse_args()
-    path = make_phantom_dataset(args.out, args.cases, args.seed, args.shape, args.spacing)
-    print(f"wrote {args.cases} phantom volumes and {path}")
+    main()
