@@ -25,11 +25,23 @@ class ResilientMLFlowHandler(MLFlowHandler):
     def __init__(self, *args, **kwargs):
         for name, value in self.http_defaults.items():
             os.environ.setdefault(name, value)
-        super().__init__(*args, **kwargs)
         self.uri = os.environ.get("MLFLOW_TRACKING_URI") or kwargs.get("tracking_uri") or (args[0] if args else None)
         self.failed = False
+        try:  # MLflow opens a local store (e.g. SQLite) already here
+            super().__init__(*args, **kwargs)
+        except Exception as error:
+            self._give_up(error)
         for name in self._guarded:
             setattr(self, name, self._guard(getattr(self, name)))
+
+    def _give_up(self, error: Exception) -> None:
+        self.failed = True
+        logger.warning(f"MLflow tracking at '{self.uri}' failed ({type(error).__name__}: {error}); "
+                       "training goes on without MLflow logging.")
+
+    def attach(self, engine) -> None:
+        if not self.failed:
+            super().attach(engine)
 
     def _guard(self, method):
         @functools.wraps(method)
@@ -39,9 +51,7 @@ class ResilientMLFlowHandler(MLFlowHandler):
             try:
                 return method(*args, **kwargs)
             except Exception as error:  # any tracking failure: network, SQL, permissions, schema
-                self.failed = True
-                logger.warning(f"MLflow tracking at '{self.uri}' failed ({type(error).__name__}: {error}); "
-                               "training goes on without MLflow logging.")
+                self._give_up(error)
                 return None
 
         return guarded

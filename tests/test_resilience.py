@@ -1,0 +1,132 @@
+"""Crash safety and reproducibility: SIGKILL mid-run then resume, atomic checkpoints, identical
+seeded runs, training that survives an unreachable MLflow, and checkpoint loading errors."""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
+
+from bundle.checkpoint import atomic_save, load_weights
+from bundle.networks import FeatureUNet
+
+REPO = Path(__file__).resolve().parents[1]
+STUDENT = {"_target_": "bundle.networks.FeatureUNet", "in_channels": 1, "out_channels": 1, "channels": [4, 8],
+           "bottleneck": 8, "convs_per_block": 1}
+
+
+def _overrides(phantom_dir, root, **extra):
+    return dict(bundle_root=str(root), dataset_dir=str(phantom_dir), datalist_file=str(root / "datalist.json"),
+                slice_size=32, slices_per_volume=4, student_def=STUDENT, amp=False, **extra)
+
+
+def _losses_of_a_run(phantom_dir, root, epochs=2, **extra):
+    workflow = ConfigWorkflow(config_file=str(REPO / "configs/student.json"), meta_file=str(REPO / "configs/metadata.json"),
+                              logging_file=False, workflow_type="train", run_id="training",
+                              **_overrides(phantom_dir, root, epochs=epochs, val_interval=100, **extra))
+    workflow.initialize()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    losses = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(float(e.state.output["loss"])))
+    workflow.run()
+    return losses, trainer
+
+
+def test_seeded_runs_give_identical_losses(phantom_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    first, _ = _losses_of_a_run(phantom_dir, tmp_path / "a")
+    second, _ = _losses_of_a_run(phantom_dir, tmp_path / "b")
+    third, _ = _losses_of_a_run(phantom_dir, tmp_path / "c", seed=7)
+    assert len(first) >= 4 and first == second
+    assert first != third
+
+
+def test_training_goes_on_when_mlflow_is_unreachable(phantom_dir, tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(REPO)
+    not_a_folder = tmp_path / "plain_file"
+    not_a_folder.write_text("")
+    for uri in ("http://127.0.0.1:9/", f"sqlite:///{not_a_folder}/mlruns.db"):
+        root = tmp_path / str(abs(hash(uri)))
+        with caplog.at_level(logging.WARNING, logger="bundle.handlers"):
+            _, trainer = _losses_of_a_run(phantom_dir, root, tracking=str(REPO / "configs/mlflow.json"),
+                                          tracking_uri=uri)
+        assert trainer.state.epoch == 2
+        assert any(uri.rstrip("/") in r.getMessage() and "training goes on" in r.getMessage() for r in caplog.records)
+        caplog.clear()
+
+
+def _state_epoch(path: Path) -> int | None:
+    if not path.exists():
+        return None
+    return torch.load(path, weights_only=True)["trainer"]["epoch"]  # raises if ever half-written
+
+
+def test_sigkill_mid_run_then_resume_finishes_all_epochs(phantom_dir, tmp_path):
+    root, epochs = tmp_path / "run", 40
+    state = root / "models/student/training_state.pt"
+    args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/student.json",
+            "--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf"]
+    overrides = _overrides(phantom_dir, root, epochs=epochs, val_interval=1000)
+    cli = []
+    for key, value in overrides.items():
+        cli += [f"--{key}", repr(value) if not isinstance(value, str) else value]
+    process = subprocess.Popen(args + cli, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    reads, deadline = 0, time.time() + 240
+    try:
+        while time.time() < deadline and process.poll() is None:
+            epoch = _state_epoch(state)  # every read of the live file must succeed
+            reads += epoch is not None
+            if epoch is not None and epoch >= 3:
+                os.kill(process.pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()[-2000:]
+    killed_at = _state_epoch(state)
+    assert reads > 0 and 3 <= killed_at < epochs
+    assert not list(state.parent.glob(".*.tmp"))  # a kill may interrupt a write, never leave a torn file behind
+
+    resumed = subprocess.run(args + cli + ["--resume", "True"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed from '{state}' at epoch {killed_at}" in resumed.stdout + resumed.stderr
+    assert _state_epoch(state) == epochs
+
+
+def test_atomic_save_replaces_the_file_whole(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"x": torch.zeros(3)}, path)
+    atomic_save({"x": torch.ones(3)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_a_corrupt_checkpoint_is_named(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(FeatureUNet().state_dict(), path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValueError, match=rf"'{path}' cannot be read.*corrupt"):
+        load_weights(FeatureUNet(), path)
+
+
+def test_a_checkpoint_of_another_network_is_named_with_the_mismatch(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(FeatureUNet(channels=(16, 32, 64), bottleneck=128).state_dict(), path)
+    with pytest.raises(ValueError, match=r"does not fit the configured FeatureUNet: \d+ unexpected .*shape mismatches"):
+        load_weights(FeatureUNet(), path, role="student")
+
+
+def test_pickled_objects_are_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": FeatureUNet()}, path)  # a whole module, not a state_dict: needs unpickling code
+    with pytest.raises(ValueError, match="cannot be read"):
+        load_weights(FeatureUNet(), path)
