@@ -11,7 +11,7 @@ from torch import nn
 
 
 class OnnxRuntimeNetwork(nn.Module):
-    """Runs an exported student (``onnx_export``, dynamic batch/height/width) with ONNX Runtime on the CPU.
+    """Runs an exported student (``onnx_export`` with a dynamic batch axis; slices of the configured size) with ONNX Runtime on the CPU.
 
     ``SliceInferer`` calls it with ``[B, 1, H, W]`` tensors and gets logits back as tensors, so the
     rest of ``configs/inference.json`` is unchanged whichever backend is chosen.
@@ -27,7 +27,7 @@ class OnnxRuntimeNetwork(nn.Module):
                 f"ONNX model '{path}' does not exist. Export the student first: python -m monai.bundle onnx_export "
                 "network_def --filepath models/model.onnx --ckpt_file models/model.pt --meta_file configs/metadata.json "
                 "--config_file configs/inference.json --input_shape \"[1, 1, 256, 256]\" --converter_kwargs "
-                "\"{'dynamic_axes': {'x': {0: 'batch', 2: 'height', 3: 'width'}}, 'input_names': ['x']}\"")
+                "\"{'dynamic_axes': {'x': {0: 'batch'}}, 'input_names': ['x']}\"")
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

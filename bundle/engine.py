@@ -151,11 +151,15 @@ class ComposedLossTrainer(SupervisedTrainer):
     stats, TensorBoard and MLflow handlers log them all at the end of each epoch.
     """
 
-    def __init__(self, *args, loss_function: CompositeLoss, teacher: nn.Module | None = None,
+    def __init__(self, *args, loss_function: CompositeLoss | nn.Module, teacher: nn.Module | None = None,
                  teacher_cache: TeacherCache | None = None, **kwargs):
-        if loss_function.needs_teacher and teacher is None:
+        # under DDP the composite loss (it owns learned heads) is wrapped too; read its terms inside
+        self.composite = getattr(loss_function, "module", loss_function)
+        if self.composite.needs_teacher and teacher is None:
             raise ValueError("the configured loss terms read 'teacher.*' inputs, but no `teacher` was given.")
         super().__init__(*args, loss_function=loss_function, **kwargs)
+        # in place, so the optimizer keeps the same head parameters
+        self.composite.to(self.state.device)
         self.teacher = freeze(teacher.to(self.state.device)) if teacher is not None else None
         self.teacher_cache = teacher_cache
         self._term_sums: dict[str, float] = {}
@@ -182,7 +186,7 @@ class ComposedLossTrainer(SupervisedTrainer):
                 if engine.teacher_cache is None:
                     teacher_out = engine.teacher(inputs, return_features=True)
                 else:
-                    teacher_out = engine.teacher_cache.outputs(engine.teacher, inputs, engine.loss_function.teacher_keys)
+                    teacher_out = engine.teacher_cache.outputs(engine.teacher, inputs, engine.composite.teacher_keys)
 
         engine.network.train()
         engine.loss_function.train()

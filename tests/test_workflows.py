@@ -142,3 +142,16 @@ def test_kd_with_a_mismatched_teacher_checkpoint_names_the_mismatch(trained, tmp
         chain.append(str(cause))
         cause = cause.__cause__ or cause.__context__
     assert any("does not fit the configured FeatureUNet" in c and "shape mismatches" in c for c in chain)
+
+
+def test_monai_label_train_config_is_current():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_train_config", REPO / "scripts/make_train_config.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    committed = json.loads((REPO / "configs/train.json").read_text())
+    assert committed == json.loads(json.dumps(module.train_config())), \
+        "configs/train.json is stale: run python scripts/make_train_config.py"
+    assert "%configs/" not in json.dumps(committed)
+    assert committed["run"] == "%#training" or committed["run"] == committed["training"]
