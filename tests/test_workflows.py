@@ -70,10 +70,12 @@ def test_mlflow_records_every_loss_term_and_the_run_definition(trained):
     import mlflow
 
     root, _, teacher_hash = trained
-    mlflow.set_tracking_uri(f"sqlite:///{root}/eval/mlruns.db")
-    runs = mlflow.search_runs(experiment_names=["spleen-kd"])
-    assert len(runs) == 1
-    row = runs.iloc[0]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root}/eval/mlruns.db")
+    experiment = client.get_experiment_by_name("spleen-kd")
+    found = client.search_runs([experiment.experiment_id])
+    assert len(found) == 1
+    row = {**{f"params.{k}": v for k, v in found[0].data.params.items()},
+           **{f"metrics.{k}": v for k, v in found[0].data.metrics.items()}}
     assert row["params.teacher.sha256"] == teacher_hash
     assert row["params.loss_terms"] == "seg,infonce_encoder,pmd"
     assert row["params.train_split"] == "student_train" and row["params.student_fraction"] == "0.5"
