@@ -1,0 +1,28 @@
+"""A handler for the DDP test: records which volumes each rank trained on and how many steps it took."""
+
+import json
+import os
+from pathlib import Path
+
+from ignite.engine import Events
+
+
+class SeenVolumes:
+    def __init__(self, out_dir: str):
+        self.out_dir = Path(out_dir)
+        self.seen: list[str] = []
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._record)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _record(self, engine) -> None:
+        image = engine.state.output["image"]
+        names = image.meta["filename_or_obj"] if hasattr(image, "meta") else []
+        self.seen.extend(names if isinstance(names, list) else [names])
+
+    def _write(self, engine) -> None:
+        rank = int(os.environ.get("RANK", 0))
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / f"rank{rank}.json").write_text(json.dumps(
+            {"seen": self.seen, "iterations": engine.state.iteration, "epochs": engine.state.epoch}))
