@@ -152,6 +152,8 @@ def resume_training(trainer, save_dir: str, save_dict: dict, resume: bool = True
     Returns False (and changes nothing) when ``resume`` is off or there is no state yet.
     """
     path = Path(save_dir) / TrainingStateSaver.filename
+    if isinstance(resume, str):  # `--resume true` arrives from the command line as a string
+        resume = resume.strip().lower() in ("1", "true", "yes")
     if not resume or not path.is_file():
         return False
     try:

@@ -130,3 +130,11 @@ def test_pickled_objects_are_refused(tmp_path):
     torch.save({"model": FeatureUNet()}, path)  # a whole module, not a state_dict: needs unpickling code
     with pytest.raises(ValueError, match="cannot be read"):
         load_weights(FeatureUNet(), path)
+
+
+def test_resume_flag_from_the_command_line_is_read_as_a_boolean(tmp_path):
+    from bundle.checkpoint import TrainingStateSaver, resume_training
+
+    atomic_save({"trainer": {"epoch": 3, "iteration": 9}}, tmp_path / TrainingStateSaver.filename)
+    assert resume_training(None, str(tmp_path), {}, resume="false") is False
+    assert resume_training(None, str(tmp_path), {}, resume="0") is False
