@@ -9,6 +9,8 @@ import torch
 from monai.handlers import CheckpointSaver
 from torch import nn
 
+from .files import atomic_open
+
 
 class AtomicCheckpointSaver(CheckpointSaver):
     """MONAI's ``CheckpointSaver`` with Ignite's atomic mode switched back on.
@@ -100,19 +102,9 @@ def _set_rng_state(state: dict) -> None:
 
 def atomic_save(obj, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, flushed to disk, then ``os.replace``-d."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    with atomic_open(path, "wb") as stream:
+        torch.save(obj, stream)
+    return Path(path)
 
 
 class TrainingStateSaver:

@@ -162,6 +162,8 @@ class ComposedLossTrainer(SupervisedTrainer):
         self.composite.to(self.state.device)
         self.teacher = freeze(teacher.to(self.state.device)) if teacher is not None else None
         self.teacher_cache = teacher_cache
+        # fp16 autocast needs the gradient scaler; bf16 and fp32 do not
+        self._scale_loss = self.scaler is not None and self._autocast().fast_dtype == torch.float16
         self._term_sums: dict[str, float] = {}
         self._term_steps = 0
         self.add_event_handler(Events.EPOCH_STARTED, self._reset_term_means)
@@ -199,7 +201,7 @@ class ComposedLossTrainer(SupervisedTrainer):
         engine.state.output[Keys.LOSS] = loss
         engine.state.output["loss_terms"] = terms
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        if engine.scaler is not None and engine._autocast().fast_dtype == torch.float16:
+        if engine._scale_loss:
             engine.scaler.scale(loss).backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             engine.scaler.step(engine.optimizer)

@@ -23,6 +23,8 @@ import torch
 from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 from torch.utils.flop_counter import FlopCounterMode
 
+from .files import atomic_open, atomic_write_text
+
 METRICS = ("dice", "iou", "precision", "recall", "surface_dice", "hd95_mm")
 
 
@@ -91,15 +93,11 @@ def write_report(rows: list[dict], out_dir: str | os.PathLike, extra: dict | Non
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {"volumes": len(rows), "metrics": summarize([{k: v for k, v in r.items() if k != "case"} for r in rows])}
     summary.update(extra or {})
-    tmp = out_dir / ".metrics.csv.tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(out_dir / "metrics.csv") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["case"])
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, out_dir / "metrics.csv")
-    tmp = out_dir / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out_dir / "summary.json")
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bundle.files import atomic_write_text  # noqa: E402
+
 STAGES = ("teacher", "student", "kd")
 CONFIGS = {"teacher": "configs/teacher.json", "student": "configs/student.json", "kd": "configs/kd.json"}
 EVALUATED = {"teacher": "teacher", "student": "student", "kd_student": "kd"}
@@ -43,10 +45,7 @@ def _run_stage(out: Path, stage: str, fn, log) -> dict:
     start = time.perf_counter()
     result = fn() or {}
     result["seconds"] = round(time.perf_counter() - start, 1)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, marker)
+    atomic_write_text(marker, json.dumps(result, indent=2))
     log(f"[{stage}] done in {result['seconds']} s")
     return result
 

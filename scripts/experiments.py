@@ -35,6 +35,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bundle.files import atomic_write_text  # noqa: E402
+
 GRIDS = ROOT / "configs" / "experiments"
 CONFIG_FILES = {"teacher": "configs/teacher.json", "student": "configs/student.json", "kd": "configs/kd.json"}
 TRACKING = "configs/mlflow.json"
@@ -169,10 +171,7 @@ def _step(out: Path, run: str, step: str, fn, log) -> bool:
     start = time.perf_counter()
     result = fn()
     result["seconds"] = round(time.perf_counter() - start, 1)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str))
-    os.replace(tmp, marker)
+    atomic_write_text(marker, json.dumps(result, indent=2, default=str))
     log(f"[{run}] {step} done in {result['seconds']} s")
     return True
 

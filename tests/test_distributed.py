@@ -1,7 +1,6 @@
 """Two-process DDP (gloo, CPU) through torchrun with the multi-GPU override, as on a cluster node."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -14,12 +14,13 @@ import json
 import logging
 import os
 import random
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from ..files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -223,15 +224,7 @@ def split_by_volume(pairs: Sequence[dict], seed: int = 0, val_fraction: float = 
 
 def _write_json_atomically(path: Path, content: dict) -> None:
     """Readers (other ranks, other runs) see the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(content, stream, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write_text(path, json.dumps(content, indent=2))
 
 
 def _reusable(existing: dict, path: Path, params: dict) -> dict | None:

@@ -22,6 +22,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from ..files import atomic_write_text
+
 PHANTOM_DATASET_NAME = "SpleenPhantoms"
 AIR, FAT, VISCERAL_FAT, MUSCLE, WATER = -1000.0, -100.0, -80.0, 45.0, 10.0
 
@@ -194,7 +196,5 @@ def make_phantom_dataset(out_dir: str | os.PathLike, cases: int = 16, seed: int 
         "training": training,
         "test": [],
     }
-    tmp = description_path.with_name(f".dataset.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(description, indent=2))
-    os.replace(tmp, description_path)
+    atomic_write_text(description_path, json.dumps(description, indent=2))
     return description_path
