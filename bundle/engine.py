@@ -157,16 +157,35 @@ class ComposedLossTrainer(SupervisedTrainer):
         self.composite = getattr(loss_function, "module", loss_function)
         if self.composite.needs_teacher and teacher is None:
             raise ValueError("the configured loss terms read 'teacher.*' inputs, but no `teacher` was given.")
+        self._refuse_unsupported(kwargs)
         super().__init__(*args, loss_function=loss_function, **kwargs)
         # in place, so the optimizer keeps the same head parameters
         self.composite.to(self.state.device)
         self.teacher = freeze(teacher.to(self.state.device)) if teacher is not None else None
         self.teacher_cache = teacher_cache
-        # fp16 autocast needs the gradient scaler; bf16 and fp32 do not
-        self._scale_loss = self.scaler is not None and self._autocast().fast_dtype == torch.float16
         self._term_sums: dict[str, float] = {}
         self._term_steps = 0
         self.add_event_handler(Events.EPOCH_STARTED, self._reset_term_means)
+
+    # SupervisedTrainer options this trainer's `_iteration` does not implement, with their neutral values
+    unsupported_options = {"accumulation_steps": 1, "compile": False, "inferer": None}
+
+    @classmethod
+    def _refuse_unsupported(cls, kwargs: Mapping) -> None:
+        """Fail loudly rather than silently train differently from what the config asks for."""
+        for name, neutral in cls.unsupported_options.items():
+            value = kwargs.get(name, neutral)
+            if value != neutral:
+                raise ValueError(f"ComposedLossTrainer does not support `{name}={value!r}` (it runs the network "
+                                 f"directly, one optimizer step per batch): remove `{name}` from the trainer config.")
+
+    def _fp16_scaler(self):
+        """The gradient scaler, when fp16 autocast needs it (bf16 and fp32 do not). Decided per step because
+        MONAI creates ``self.scaler`` in ``run()``, after ``__init__``."""
+        scaler = self.scaler
+        if scaler is None or not scaler.is_enabled() or self._autocast().fast_dtype != torch.float16:
+            return None
+        return scaler
 
     def _reset_term_means(self, _) -> None:
         self._term_sums.clear()
@@ -201,11 +220,12 @@ class ComposedLossTrainer(SupervisedTrainer):
         engine.state.output[Keys.LOSS] = loss
         engine.state.output["loss_terms"] = terms
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        if engine._scale_loss:
-            engine.scaler.scale(loss).backward()
+        scaler = engine._fp16_scaler()
+        if scaler is not None:
+            scaler.scale(loss).backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-            engine.scaler.step(engine.optimizer)
-            engine.scaler.update()
+            scaler.step(engine.optimizer)
+            scaler.update()
         else:
             loss.backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)

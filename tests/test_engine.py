@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from monai.inferers import SimpleInferer
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -130,3 +131,43 @@ def test_epoch_means_of_the_terms_are_those_of_the_epoch_just_finished():
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append(e.state.metrics["loss_seg"]))
     trainer.run()
     assert seen == pytest.approx([sum(per_iteration[:2]) / 2, sum(per_iteration[2:]) / 2])
+
+
+class _SpyScaler(torch.amp.GradScaler):
+    """A real (CPU) gradient scaler that counts how often the trainer scales a loss."""
+
+    def __init__(self):
+        super().__init__("cpu")
+        self.scaled = 0
+
+    def scale(self, outputs):
+        self.scaled += 1
+        return super().scale(outputs)
+
+
+@pytest.mark.parametrize("dtype, scaled_steps", [(torch.float16, 4), (torch.bfloat16, 0)])
+def test_fp16_amp_scales_every_loss_with_the_scaler_monai_creates_in_run(monkeypatch, dtype, scaled_steps):
+    """MONAI creates the scaler inside ``Trainer.run()``: deciding in ``__init__`` saw None and never scaled."""
+    spies = []
+    monkeypatch.setattr(torch.cuda.amp, "GradScaler", lambda *a, **k: spies.append(_SpyScaler()) or spies[-1])
+    loss = CompositeLoss({"seg": LossTerm(nn.BCEWithLogitsLoss(), ["student.seg", "batch.label"])})
+    student = _student()
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    trainer = ComposedLossTrainer(device=torch.device("cpu"), max_epochs=2, train_data_loader=_loader(),
+                                  network=student, optimizer=optimizer, loss_function=loss, decollate=False,
+                                  amp=True, amp_kwargs={"dtype": dtype})
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    trainer.run()
+    assert len(spies) == 1 and trainer.scaler is spies[0]
+    assert spies[0].scaled == scaled_steps  # 2 epochs x 2 batches for fp16; bf16 needs no scaling
+    assert any(not torch.equal(v, before[k]) for k, v in student.state_dict().items())  # steps were taken
+
+
+@pytest.mark.parametrize("name, value", [("accumulation_steps", 4), ("compile", True), ("inferer", SimpleInferer())])
+def test_trainer_refuses_supervised_trainer_options_it_does_not_honour(name, value):
+    loss = CompositeLoss({"seg": LossTerm(nn.BCEWithLogitsLoss(), ["student.seg", "batch.label"])})
+    student = _student()
+    with pytest.raises(ValueError, match=rf"does not support `{name}=.*remove `{name}` from the trainer config"):
+        ComposedLossTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=_loader(), network=student,
+                            optimizer=torch.optim.SGD(student.parameters(), lr=0.1), loss_function=loss,
+                            **{name: value})
