@@ -11,18 +11,23 @@ EPS = 1e-8
 
 
 class ProjectionHead(nn.Sequential):
-    """1×1 conv → ReLU → 1×1 conv: maps a feature map of any width into a shared embedding space.
+    """Maps a feature map of any width into a shared embedding space: a linear 1×1 conv, or with
+    ``hidden_channels`` 1×1 conv → ReLU → 1×1 conv.
 
     A registered submodule of its loss, so it is optimised and checkpointed with the student and
-    simply not used at inference.
+    simply not used at inference. Linear is the default for distillation: a deep head, especially on
+    the teacher side, can solve the loss by itself instead of making the student's features useful.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, hidden_channels: int):
-        super().__init__(
-            nn.Conv2d(in_channels, hidden_channels, 1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(hidden_channels, out_channels, 1),
-        )
+    def __init__(self, in_channels: int, out_channels: int, hidden_channels: int | None = None):
+        if hidden_channels:
+            super().__init__(
+                nn.Conv2d(in_channels, hidden_channels, 1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(hidden_channels, out_channels, 1),
+            )
+        else:
+            super().__init__(nn.Conv2d(in_channels, out_channels, 1))
 
 
 def common_size(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int]:
