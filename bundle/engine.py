@@ -26,9 +26,16 @@ SOURCES = ("student", "teacher", "batch")
 
 
 class LossTerm(nn.Module):
-    """A weighted loss whose positional inputs are read from ``source.key`` addresses."""
+    """A weighted loss whose positional inputs are read from ``source.key`` addresses.
 
-    def __init__(self, loss: nn.Module, inputs: Sequence[str], weight: float = 1.0):
+    ``warmup_epochs`` ramps the weight linearly from 0 over the first epochs (a distillation term then
+    starts once the student has found the spleen). ``labeled_only`` hands the loss only the rows of the
+    batch that carry a label (``batch.labeled``), so a segmentation term never sees an unlabelled slice
+    while distillation terms use every slice.
+    """
+
+    def __init__(self, loss: nn.Module, inputs: Sequence[str], weight: float = 1.0, warmup_epochs: float = 0.0,
+                 labeled_only: bool = False):
         super().__init__()
         for address in inputs:
             source, _, key = address.partition(".")
@@ -37,13 +44,23 @@ class LossTerm(nn.Module):
                     f"loss input '{address}' must look like 'student.seg', 'teacher.encoder' or 'batch.label' "
                     f"(source one of {SOURCES})."
                 )
+        if warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}.")
         self.loss = loss
         self.inputs = tuple(inputs)
         self.weight = float(weight)
+        self.warmup_epochs = float(warmup_epochs)
+        self.labeled_only = bool(labeled_only)
 
     @property
     def needs_teacher(self) -> bool:
         return any(a.startswith("teacher.") for a in self.inputs)
+
+    def weight_at(self, epochs_done: float) -> float:
+        """The weight after ``epochs_done`` (fractional) epochs of training."""
+        if self.warmup_epochs <= 0:
+            return self.weight
+        return self.weight * min(1.0, max(0.0, epochs_done) / self.warmup_epochs)
 
     def forward(self, sources: Mapping[str, Mapping[str, torch.Tensor] | None]) -> torch.Tensor:
         args = []
@@ -55,18 +72,26 @@ class LossTerm(nn.Module):
             if key not in outputs:
                 raise KeyError(f"loss input '{address}': the {source} provides only {sorted(outputs)}.")
             args.append(outputs[key])
+        labeled = sources["batch"].get("labeled") if self.labeled_only else None
+        if labeled is not None:
+            rows = torch.as_tensor(labeled, device=args[0].device).reshape(-1).bool()
+            if not rows.any():  # no labelled slice in this batch: a zero that keeps the graph
+                return sum(a.sum() for a in args if a.requires_grad) * 0.0
+            args = [a[rows] for a in args]
         return self.loss(*args)
 
 
 class CompositeLoss(nn.Module):
     """Named, weighted sum of :class:`LossTerm`; holds the terms' learned heads so they are optimised
-    and saved with the run (``parameters()``/``state_dict()``)."""
+    and saved with the run (``parameters()``/``state_dict()``). The trainer reports training progress
+    with :meth:`set_progress`, which the terms' warm-ups follow."""
 
     def __init__(self, terms: Mapping[str, LossTerm]):
         super().__init__()
         if not terms:
             raise ValueError("CompositeLoss needs at least one loss term.")
         self.terms = nn.ModuleDict(terms)
+        self.epochs_done = 0.0
 
     @property
     def needs_teacher(self) -> bool:
@@ -77,10 +102,18 @@ class CompositeLoss(nn.Module):
         """The teacher outputs the terms read: only these are cached."""
         return {a.partition(".")[2] for term in self.terms.values() for a in term.inputs if a.startswith("teacher.")}
 
+    def set_progress(self, epochs_done: float) -> None:
+        self.epochs_done = float(epochs_done)
+
+    def weights(self) -> dict[str, float]:
+        """Every term's weight now (after its warm-up)."""
+        return {name: term.weight_at(self.epochs_done) for name, term in self.terms.items()}
+
     def forward(self, student, teacher, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sources = {"student": student, "teacher": teacher, "batch": batch}
         values = {name: term(sources) for name, term in self.terms.items()}
-        total = sum(self.terms[name].weight * value for name, value in values.items())
+        weights = self.weights()
+        total = sum(weights[name] * value for name, value in values.items())
         return total, {name: value.detach() for name, value in values.items()}
 
 
@@ -200,6 +233,9 @@ class ComposedLossTrainer(SupervisedTrainer):
             raise ValueError("Must provide batch data for current iteration.")
         inputs, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
         batch = {"image": inputs, "label": targets}
+        if isinstance(batchdata, Mapping) and "labeled" in batchdata:
+            batch["labeled"] = batchdata["labeled"]
+        engine.composite.set_progress((engine.state.iteration - 1) / max(1, engine.state.epoch_length or 1))
         teacher_out = None
         if engine.teacher is not None:
             engine.teacher.eval()
