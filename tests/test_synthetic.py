@@ -1,0 +1,156 @@
+"""Synthetic CT from real label maps: determinism, exact labels, plausible HU, the HU statistics, the CLI."""
+
+import json
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bundle.data.datalist import DataError, check_pairs, read_pairs
+from bundle.data.synthetic import (TOTALSEGMENTATOR_CLASSES, Acquisition, _warp, label_names, load_hu_stats,
+                                   load_source, make_synthetic_case, make_synthetic_dataset, tissue_group)
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = {"inplane_spacing_mm": (2.5, 3.0), "slice_thickness_mm": (3.0, 5.0), "max_slices": 12}
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(shared_dir) -> Path:
+    path = shared_dir / "data" / "totalseg_dataset"
+    if not path.is_dir():
+        pytest.skip(f"the TotalSegmentator dataset subjects are not at {path}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def source_map(dataset_dir) -> str:
+    return str(dataset_dir / "s0006_labels.nii.gz")
+
+
+def _nifti(path: Path, array: np.ndarray, spacing=(2.0, 2.0, 3.0)) -> Path:
+    nib.save(nib.Nifti1Image(array, np.diag([*spacing, 1.0])), path)
+    return path
+
+
+def test_dataset_naming_matches_labels_json(dataset_dir):
+    names = label_names("dataset")
+    assert {value: name for name, value in json.loads((dataset_dir / "labels.json").read_text()).items()} == names
+    assert label_names("totalsegmentator")[1] == "spleen" and label_names("totalsegmentator")[5] == "liver"
+    assert len(TOTALSEGMENTATOR_CLASSES) == len(set(TOTALSEGMENTATOR_CLASSES)) == 117
+    with pytest.raises(ValueError, match="unknown label naming"):
+        label_names("alphabetical")
+
+
+def test_hu_stats_fall_back_to_the_tissue_group(tmp_path):
+    measured = {"pooled": {"spleen": {"median": 100.0, "spread": 20.0}, "rib_left_1": {"median": 500.0, "spread": 200.0},
+                           "rib_left_2": {"median": 300.0, "spread": 100.0}}}
+    stats = load_hu_stats(_write(tmp_path / "stats.json", measured))
+    assert stats["spleen"] == (100.0, 20.0)
+    assert stats["rib_right_7"] == (400.0, 150.0)  # median of the measured ribs
+    assert tissue_group("rib_right_7") == "bone" and tissue_group("aorta") == "vessel"
+    assert stats["lung_upper_lobe_left"][0] < -700  # no lung measured: the textbook prior
+    with pytest.raises(ValueError, match="measure_hu_stats"):
+        load_hu_stats(tmp_path / "missing.json")
+
+
+def _write(path: Path, content: dict) -> Path:
+    path.write_text(json.dumps(content))
+    return path
+
+
+def test_committed_hu_stats_are_plausible():
+    stats = load_hu_stats()
+    assert 20 < stats["spleen"][0] < 150 and 20 < stats["liver"][0] < 150
+    assert -150 < stats["unlabelled_fat"][0] < -50
+    assert stats["vertebrae_L1"][0] > 100 and stats["lung_lower_lobe_left"][0] < -600
+
+
+def test_measure_hu_stats_recovers_known_values(tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    from measure_hu_stats import measure_subject
+
+    rng = np.random.default_rng(0)
+    label = np.zeros((40, 40, 12), dtype=np.uint8)
+    label[5:20, 5:35, 2:10] = 1
+    label[22:36, 5:35, 2:10] = 2
+    image = np.where(label == 1, 110.0, np.where(label == 2, 55.0, -1000.0)) + rng.normal(0, 10, label.shape)
+    image[(label == 2) & (np.arange(40)[:, None, None] == 22)] = 400  # a bright border the erosion must drop
+    stats = measure_subject(_nifti(tmp_path / "ct.nii.gz", image.astype(np.int16)),
+                            _nifti(tmp_path / "seg.nii.gz", label), {1: "spleen", 2: "liver"})
+    assert abs(stats["spleen"]["median"] - 110) < 3 and abs(stats["spleen"]["spread"] - 10) < 2
+    assert abs(stats["liver"]["median"] - 55) < 3 and stats["liver"]["spread"] < 12
+
+
+def test_identity_warp_carries_labels_exactly(source_map):
+    source = load_source(source_map)
+    shape = source.labels.shape
+    identity = Acquisition(shape, source.spacing, (np.array(shape) - 1) / 2 * source.spacing, np.eye(3), 0.0, 50.0)
+    labels, distance = _warp(np.random.default_rng(0), source, identity)
+    np.testing.assert_array_equal(labels, source.labels)
+    assert np.median(distance[source.labels == 1]) == 0  # organs lie inside the body core
+
+
+def test_same_seed_same_case_and_the_spleen_is_exact_and_on_the_left(source_map):
+    source, stats = load_source(source_map), load_hu_stats()
+    image, label, affine = make_synthetic_case((0, 1), source, stats, **FAST)
+    again = make_synthetic_case((0, 1), source, stats, **FAST)
+    other = make_synthetic_case((1, 1), source, stats, **FAST)
+    np.testing.assert_array_equal(image, again[0])
+    np.testing.assert_array_equal(label, again[1])
+    assert image.shape != other[0].shape or not np.array_equal(image, other[0])
+    assert image.dtype == np.int16 and label.dtype == np.uint8 and set(np.unique(label)) == {0, 1}
+    assert image.shape == label.shape and 2.5 <= affine[0, 0] <= 3.0 and 3.0 <= affine[2, 2] <= 5.0
+    # RAS: the spleen is on the patient's left, i.e. at low x, left of the body's centre.
+    body_x = np.flatnonzero((image > -500).any(axis=(1, 2)))
+    assert np.argwhere(label)[:, 0].mean() < (body_x[0] + body_x[-1]) / 2
+
+
+def test_hu_ranges_are_those_of_ct(source_map):
+    source, stats = load_source(source_map), load_hu_stats()
+    for case in range(3):
+        image, label, _ = make_synthetic_case((7, case), source, stats, **FAST)
+        assert image.min() >= -1024 and image.max() <= 3071
+        spleen = np.median(image[label == 1])
+        assert -10 < spleen < 220, f"spleen at {spleen} HU"
+        corners = image[[0, 0, -1, -1], [0, -1, 0, -1]]
+        body = image[image > -500]
+        assert np.median(corners) < -900  # air outside the body (the reconstruction circle or a crop)
+        assert np.mean((body > -150) & (body < -50)) > 0.03  # fat
+        assert np.mean((body > 20) & (body < 200)) > 0.2  # enhanced and unenhanced soft tissue
+
+
+def test_dataset_is_msd_layout_and_checks_pass(tmp_path, source_map):
+    out = tmp_path / "synthetic"
+    description = make_synthetic_dataset(out, cases=2, seed=3, sources=[source_map], **FAST)
+    content = json.loads(description.read_text())
+    assert content["name"] == "SpleenSynthetic" and content["numTraining"] == 2
+    info = check_pairs(read_pairs(dataset_dir=out))
+    assert len(info) == 2 and all(case["spleen_voxels"] > 0 for case in info)
+    first = nib.load(out / "imagesTr" / "spleen_0.nii.gz").get_fdata()
+    make_synthetic_dataset(tmp_path / "again", cases=1, seed=3, sources=[source_map], **FAST)
+    np.testing.assert_array_equal(first, nib.load(tmp_path / "again" / "imagesTr" / "spleen_0.nii.gz").get_fdata())
+
+
+def test_bad_input_names_the_file(tmp_path, source_map):
+    with pytest.raises(DataError, match="nowhere.nii.gz"):
+        make_synthetic_dataset(tmp_path / "a", cases=1, sources=[str(tmp_path / "nowhere.nii.gz")])
+    no_spleen = _nifti(tmp_path / "no_spleen.nii.gz", np.full((8, 8, 8), 5, dtype=np.uint8))
+    with pytest.raises(ValueError, match="no_spleen.nii.gz"):
+        make_synthetic_dataset(tmp_path / "b", cases=1, sources=[str(no_spleen)])
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "dataset.json").write_text(json.dumps({"name": "Task09_Spleen"}))
+    with pytest.raises(DataError, match="another dataset"):
+        make_synthetic_dataset(other, cases=1, sources=[source_map])
+
+
+def test_cli_writes_the_dataset(tmp_path, source_map, capsys):
+    sys.path.insert(0, str(REPO / "scripts"))
+    from make_synthetic import main
+
+    path = main(["--out", str(tmp_path / "cli"), "--cases", "1", "--seed", "0", "--sources", source_map,
+                 "--inplane_spacing", "2.5", "3.0", "--slice_thickness", "3", "5", "--max_slices", "8"])
+    assert path.is_file() and (tmp_path / "cli" / "labelsTr" / "spleen_0.nii.gz").is_file()
+    assert "wrote 1 synthetic CT volumes" in capsys.readouterr().out
