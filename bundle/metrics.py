@@ -28,10 +28,20 @@ from .files import atomic_open, atomic_write_text
 METRICS = ("dice", "iou", "precision", "recall", "surface_dice", "hd95_mm")
 
 
+def _spatial(mask) -> torch.Tensor:
+    """A ``[H, W, D]`` bool tensor from a mask with any number of leading singleton (batch, channel) dims."""
+    mask = torch.as_tensor(mask).as_subclass(torch.Tensor)
+    while mask.ndim > 3 and mask.shape[0] == 1:
+        mask = mask[0]
+    return mask.bool()
+
+
 def volume_metrics(pred, label, spacing: Sequence[float], tolerance_mm: float = 2.0) -> dict[str, float]:
-    """Metrics of one binary 3D prediction against its label; ``spacing`` in mm per voxel axis."""
-    pred = torch.as_tensor(pred).bool().reshape(torch.as_tensor(label).shape[-3:])
-    label = torch.as_tensor(label).bool().reshape(pred.shape)
+    """Metrics of one binary 3D prediction against its label on the same grid; ``spacing`` in mm per voxel axis."""
+    pred, label = _spatial(pred), _spatial(label)
+    if pred.shape != label.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and label {tuple(label.shape)} are on different grids: "
+                         "resample the label onto the image's grid (nearest) before computing metrics.")
     tp = (pred & label).sum().item()
     n_pred, n_label = pred.sum().item(), label.sum().item()
     if n_pred == 0 and n_label == 0:
@@ -101,6 +111,33 @@ def write_report(rows: list[dict], out_dir: str | os.PathLike, extra: dict | Non
     return summary
 
 
+def check_same_grid(pred, label, case: str) -> None:
+    """Refuse to score a prediction against a label on another grid (shape or affine): the voxels would not
+    correspond and the metrics would be silently wrong."""
+    pred_affine, label_affine = getattr(pred, "affine", None), getattr(label, "affine", None)
+    if pred_affine is None or label_affine is None:
+        return
+    if tuple(pred.shape[-3:]) != tuple(label.shape[-3:]) or not torch.allclose(
+            torch.as_tensor(pred_affine).double(), torch.as_tensor(label_affine).double(), atol=1e-3):
+        raise ValueError(
+            f"case '{case}': the prediction (shape {tuple(pred.shape[-3:])}, affine {pred_affine.tolist()}) and the "
+            f"label (shape {tuple(label.shape[-3:])}, affine {label_affine.tolist()}) are on different grids. Put "
+            "the label on the image's grid (ResampleToMatchd, nearest) and invert the prediction to it (Invertd).")
+
+
+def case_ids(paths: Sequence[str]) -> list[str]:
+    """Case names unique within a split: each file's path relative to the folder all of them share
+    (``case_1/image.nii.gz`` rather than ``image.nii.gz``); the base name when there is one case."""
+    paths = [str(p) for p in paths]
+    if len(paths) < 2:
+        return [os.path.basename(p) for p in paths]
+    try:
+        root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    except ValueError:  # paths on different drives
+        return paths
+    return [os.path.relpath(os.path.abspath(p), root) for p in paths]
+
+
 class VolumeMetricsHandler:
     """Ignite handler: per-volume metrics of each evaluated case (batch size 1), report at the end.
 
@@ -128,16 +165,19 @@ class VolumeMetricsHandler:
 
     def _collect(self, engine) -> None:
         for item in engine.state.output:
-            label = item["label"]
+            label, pred = item["label"], item["pred"]
             spacing = [float(s) for s in label.pixdim[:3]] if hasattr(label, "pixdim") else [1.0, 1.0, 1.0]
             source = item["image"] if hasattr(item["image"], "meta") else label
-            case = os.path.basename(str(getattr(source, "meta", {}).get("filename_or_obj", len(self.rows))))
-            row = {"case": case, **volume_metrics(item["pred"], label, spacing, self.tolerance_mm)}
+            case = str(getattr(source, "meta", {}).get("filename_or_obj", len(self.rows)))
+            check_same_grid(pred, label, case)
+            row = {"case": case, **volume_metrics(pred, label, spacing, self.tolerance_mm)}
             if item.get("rec") is not None:
                 row["psnr"] = psnr(item["rec"], item["image"])
             self.rows.append(row)
 
     def _report(self, engine) -> None:
+        for row, case in zip(self.rows, case_ids([row["case"] for row in self.rows])):
+            row["case"] = case
         extra = dict(self.extra)
         if self.network is not None:
             extra["params"] = sum(p.numel() for p in self.network.parameters())

@@ -68,3 +68,47 @@ def test_psnr_of_a_known_error():
 def test_flops_of_a_single_convolution():
     conv = nn.Conv2d(1, 4, 3, padding=1, bias=False)
     assert flops_per_slice(conv, 16) == 2 * 16 * 16 * 4 * 9
+
+
+def test_masks_on_different_grids_are_refused_not_reshaped():
+    """Same voxel count, other shape: reshaping one onto the other gave a number, now a clear error."""
+    with pytest.raises(ValueError, match=r"\(8, 10, 12\) and label \(12, 10, 8\) are on different grids"):
+        volume_metrics(torch.ones(1, 8, 10, 12), torch.ones(1, 12, 10, 8), spacing=(1, 1, 1))
+
+
+def _evaluate_items(items, out_dir):
+    """Run the metrics handler in a real Ignite engine over pre-made evaluator outputs (one list per step)."""
+    from ignite.engine import Engine
+
+    from bundle.metrics import VolumeMetricsHandler
+
+    handler = VolumeMetricsHandler(str(out_dir))
+    engine = Engine(lambda engine, batch: batch)
+    handler.attach(engine)
+    engine.run([[item] for item in items])
+    return handler
+
+
+def _item(path, pred, label, affine=None):
+    from monai.data import MetaTensor
+
+    affine = torch.eye(4) if affine is None else affine
+    meta = {"filename_or_obj": path}
+    return {"image": MetaTensor(torch.zeros_like(label, dtype=torch.float32), affine=torch.eye(4), meta=dict(meta)),
+            "pred": MetaTensor(pred.float(), affine=affine), "label": MetaTensor(label.float(), affine=torch.eye(4))}
+
+
+def test_metrics_handler_refuses_a_prediction_on_another_grid(tmp_path):
+    flipped = torch.diag(torch.tensor([-1.0, 1.0, 1.0, 1.0]))
+    flipped[0, 3] = 19
+    cube = _cube(3, 9)[None]
+    with pytest.raises(ValueError, match=r"case '.*/a/ct.nii.gz'.*different grids.*ResampleToMatchd"):
+        _evaluate_items([_item(str(tmp_path / "a/ct.nii.gz"), cube, cube, affine=flipped)], tmp_path / "out")
+
+
+def test_case_ids_are_unique_within_the_split(tmp_path):
+    cube = _cube(3, 9)[None]
+    items = [_item(str(tmp_path / f"data/{case}/image.nii.gz"), cube, cube) for case in ("s01", "s02", "s03")]
+    _evaluate_items(items, tmp_path / "out")
+    cases = [line.split(",")[0] for line in (tmp_path / "out/metrics.csv").read_text().splitlines()[1:]]
+    assert cases == ["s01/image.nii.gz", "s02/image.nii.gz", "s03/image.nii.gz"]
