@@ -190,8 +190,9 @@ def load_source(path: str, naming: str = "dataset", working_spacing_mm: float = 
 
 def _smooth_field(rng: np.random.Generator, shape: Sequence[int], spacing: np.ndarray, scale_mm: float) -> torch.Tensor:
     """Random field with unit spread and features of about ``scale_mm``: coarse noise, upsampled."""
-    coarse = [max(2, int(round(n * s / scale_mm)) + 1) for n, s in zip(shape, spacing, strict=True)]
-    field = torch.from_numpy(rng.standard_normal(coarse).astype(np.float32))[None, None]
+    coarse = [max(2, int(round(2 * n * s / scale_mm)) + 1) for n, s in zip(shape, spacing, strict=True)]
+    noise = ndimage.gaussian_filter(rng.standard_normal(coarse).astype(np.float32), 1.0, mode="wrap")
+    field = torch.from_numpy(noise)[None, None]  # smoothed before upsampling: no grid pattern
     field = F.interpolate(field, size=tuple(shape), mode="trilinear", align_corners=True)[0, 0]
     return (field - field.mean()) / (field.std() + 1e-6)
 
@@ -213,8 +214,9 @@ def _draw_acquisition(rng: np.random.Generator, source: SourceAnatomy, inplane_s
     spacing_xy = rng.uniform(*inplane_spacing_mm)
     thickness = rng.uniform(*slice_thickness_mm)
     z_low, z_high = source.spleen_z_mm
-    extent_z = min(rng.uniform(40.0, 250.0), max_slices * thickness)
     centre_z = rng.uniform(z_low + 0.2 * (z_high - z_low), z_high - 0.2 * (z_high - z_low))
+    top = (source.labels.shape[2] - 1) * source.spacing[2]  # the range stays inside the source's slices
+    extent_z = min(rng.uniform(40.0, 250.0), max_slices * thickness, 2 * centre_z, 2 * (top - centre_z))
     z_index = int(np.clip(round(centre_z / source.spacing[2]), 0, source.labels.shape[2] - 1))
     body = np.argwhere(source.distance_mm[:, :, z_index] < 25.0) * source.distance_spacing[:2]
     low, high = body.min(axis=0), body.max(axis=0)
@@ -255,7 +257,8 @@ def _warp(rng: np.random.Generator, source: SourceAnatomy, acq: Acquisition, coa
                                    align_corners=True)[0].permute(1, 2, 3, 0)
         values = torch.from_numpy(volume.astype(np.float32))[None, None]
         grid = normalised.flip(-1)[None]  # grid_sample wants (last axis, ..., first axis)
-        inside = (normalised.abs() <= 1).all(dim=-1)
+        inside = (normalised[..., :2].abs() <= 1).all(dim=-1)  # beyond the source in-plane: air; along z
+        # (a tilt at the first or last slice) the border slice goes on, as the body does
         sampled.append((F.grid_sample(values, grid, mode=mode, padding_mode="border", align_corners=True)[0, 0],
                         inside))
     (labels, inside), (distance, _) = sampled
