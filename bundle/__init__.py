@@ -1,10 +1,29 @@
 """spleen-kd: multi-task teacher -> tiny student UNet distillation for spleen CT segmentation.
 
-Importing the package imports its submodules, so bundle configs can say ``$import bundle`` and
-then ``bundle.networks.FeatureUNet`` (MONAI binds ``$import a.b`` to the name ``a.b``, not ``a``).
+Submodules are imported on first use, so bundle configs can say ``$import bundle`` and then
+``bundle.networks.FeatureUNet`` or ``bundle.data.datalist.X`` (MONAI binds ``$import a.b`` to the
+name ``a.b``, not ``a``), while inference does not pay for what only training needs (MLflow,
+TensorBoard, the losses).
 """
 
-from . import checkpoint, deploy, engine, handlers, losses, metrics, networks, tracking  # noqa: F401
-from .data import datalist  # noqa: F401
+import importlib
 
 __version__ = "0.1.0"
+
+_SUBMODULES = ("checkpoint", "data", "deploy", "engine", "files", "handlers", "inference", "losses", "metrics",
+               "networks", "quantize", "report", "reproducibility", "stats", "tracking")
+_DATA_SUBMODULES = ("datalist", "slicing")  # reachable as bundle.data.<name> once bundle.data is
+
+
+def __getattr__(name: str):
+    if name not in _SUBMODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f".{name}", __name__)
+    if name == "data":
+        for submodule in _DATA_SUBMODULES:
+            importlib.import_module(f".data.{submodule}", __name__)
+    return module
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_SUBMODULES))

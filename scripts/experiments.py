@@ -71,17 +71,41 @@ def load_grid(grid: str) -> dict:
     if missing:
         raise SystemExit(f"grid '{path}' lacks {missing}; see configs/experiments/thesis.json for the schema.")
     terms = set(json.loads((ROOT / CONFIG_FILES["kd"]).read_text())["loss_terms"])
-    for variant, chosen in spec["variants"].items():
-        unknown = set(chosen) - terms
+    spec["variants"] = {name: variant_spec(chosen) for name, chosen in spec["variants"].items()}
+    spec.setdefault("assistants", {})
+    for name, assistant in spec["assistants"].items():
+        if assistant.get("teacher") not in spec["teachers"] or "network" not in assistant:
+            raise SystemExit(f"grid '{path}': assistant '{name}' needs a \"network\" and a \"teacher\" among "
+                             f"{sorted(spec['teachers'])}.")
+        assistant.update(variant_spec(assistant.get("terms", ["pmd"])), teacher=assistant["teacher"])
+    for variant, chosen in [*spec["variants"].items(), *spec["assistants"].items()]:
+        unknown = set(chosen["terms"]) - terms
         if unknown or variant == BASELINE:
             raise SystemExit(f"grid '{path}': variant '{variant}' is reserved or names unknown terms "
                              f"{sorted(unknown)}; terms are {sorted(terms)}.")
+        if chosen.get("teacher") and chosen["teacher"] not in {*spec["teachers"], *spec["assistants"]}:
+            raise SystemExit(f"grid '{path}': variant '{variant}' distils from '{chosen['teacher']}', which is "
+                             "neither a teacher nor an assistant of the grid.")
     used = {v for vs in spec["fractions"].values() for v in vs} | {v for vs in spec["anova"].values() for v in vs}
     undefined = used - set(spec["variants"]) - {BASELINE}
     if undefined:
         raise SystemExit(f"grid '{path}' uses variants it does not define: {sorted(undefined)}.")
     spec["name"] = path.stem
     return spec
+
+
+def variant_spec(chosen) -> dict:
+    """A variant as ``{"terms": [...], "overrides": {...}, "teacher": name or None}``; a plain list names
+    the distillation terms added to ``seg``."""
+    if isinstance(chosen, list):
+        chosen = {"terms": chosen}
+    if not isinstance(chosen, dict) or not isinstance(chosen.get("terms"), list):
+        raise SystemExit(f"a variant is a list of loss terms or a dict with \"terms\", got {chosen!r}.")
+    return {"terms": chosen["terms"], "overrides": chosen.get("overrides", {}), "teacher": chosen.get("teacher")}
+
+
+def loss_terms(terms: list[str]) -> dict:
+    return {"seg": "@loss_terms#seg", **{term: f"@loss_terms#{term}" for term in terms}}
 
 
 def fraction_tag(fraction: float) -> str:
@@ -110,6 +134,18 @@ def plan(grid: dict, out: Path, seeds: list[int], dataset_dir: str, split_seed: 
 
     runs = [planned(f"teacher-{teacher}", "teacher", f"teacher-{teacher}", split_seed, min(fractions), network,
                     **defined("teacher_def", network)) for teacher, network in grid["teachers"].items()]
+    networks = dict(grid["teachers"])
+    for name, assistant in grid.get("assistants", {}).items():
+        # a smaller network distilled once from a teacher, then a teacher itself (teacher assistant)
+        teacher = assistant["teacher"]
+        runs.append(planned(f"assistant-{name}", "kd", f"assistant-{name}", split_seed, min(fractions),
+                            assistant["network"], None, f"teacher-{teacher}", student_def=assistant["network"],
+                            **defined("teacher_def", networks[teacher]),
+                            teacher_ckpt=str(out / "models" / f"teacher-{teacher}" / "model.pt"),
+                            **assistant["overrides"], **{"loss#terms": loss_terms(assistant["terms"])}))
+        networks[name] = assistant["network"]
+    ckpts = {name: f"teacher-{name}" for name in grid["teachers"]} | {
+        name: f"assistant-{name}" for name in grid.get("assistants", {})}
     for seed in seeds:
         for fraction, variants in fractions.items():
             tag = fraction_tag(fraction)
@@ -117,16 +153,18 @@ def plan(grid: dict, out: Path, seeds: list[int], dataset_dir: str, split_seed: 
                 base = f"{student}-{tag}-{BASELINE}"
                 runs.append(planned(f"{base}-s{seed}", "student", base, seed, fraction, student_def,
                                     **defined("student_def", student_def)))
-                for teacher, teacher_def in grid["teachers"].items():
+                for teacher in grid["teachers"]:
                     for variant in variants:
-                        config = f"{teacher}-{student}-{tag}-{variant}"
-                        terms = {"seg": "@loss_terms#seg",
-                                 **{term: f"@loss_terms#{term}" for term in grid["variants"][variant]}}
+                        spec = grid["variants"][variant]
+                        source = spec["teacher"] or teacher
+                        if spec["teacher"] and teacher != next(iter(grid["teachers"])):
+                            continue  # a variant with its own teacher is planned once
+                        config = f"{source}-{student}-{tag}-{variant}"
                         runs.append(planned(
-                            f"{config}-s{seed}", "kd", config, seed, fraction, student_def, base, f"teacher-{teacher}",
-                            **defined("student_def", student_def), **defined("teacher_def", teacher_def),
-                            teacher_ckpt=str(out / "models" / f"teacher-{teacher}" / "model.pt"),
-                            **{"loss#terms": terms}))
+                            f"{config}-s{seed}", "kd", config, seed, fraction, student_def, base, ckpts[source],
+                            **defined("student_def", student_def), **defined("teacher_def", networks[source]),
+                            teacher_ckpt=str(out / "models" / ckpts[source] / "model.pt"),
+                            **spec["overrides"], **{"loss#terms": loss_terms(spec["terms"])}))
     return runs
 
 
@@ -134,10 +172,12 @@ def select(runs: list[PlannedRun], patterns: list[str]) -> list[PlannedRun]:
     """The runs whose name matches a shell-style pattern, plus the teacher and the baseline (same seed) they need."""
     chosen = {run.name for run in runs if any(fnmatch.fnmatchcase(run.name, p) for p in patterns)}
     by_name = {run.name: run for run in runs}
-    for name in list(chosen):
-        run = by_name[name]
-        chosen |= {run.teacher} if run.teacher else set()
-        chosen |= {f"{run.baseline}-s{run.seed}"} if run.baseline else set()
+    pending = list(chosen)
+    while pending:  # transitively: a student needs its assistant, which needs its teacher
+        run = by_name[pending.pop()]
+        needed = ({run.teacher} if run.teacher else set()) | ({f"{run.baseline}-s{run.seed}"} if run.baseline else set())
+        pending += sorted(needed - chosen)
+        chosen |= needed
     return [run for run in runs if run.name in chosen]
 
 
@@ -304,6 +344,75 @@ def write_results(grid: dict, runs: list[PlannedRun], out: Path, seeds: list[int
     return path
 
 
+def write_summary(runs: list[PlannedRun], out: Path, seeds: list[int], command: str, data_note: str) -> dict:
+    """``OUT/summary.json`` (every configuration against its baseline: mean ± std over seeds, the gain in
+    seed-averaged per-volume Dice, paired t-test over test volumes with Holm over all comparisons, and
+    every per-volume value) and ``OUT/summary.png`` (per-volume Dice gains)."""
+    from bundle.stats import compare, group_by_config, holm, mean_std
+
+    groups = group_by_config(records(runs, out))
+    compared = {config: compare(group, groups[group[0].baseline]) for config, group in groups.items()
+                if group[0].baseline and group[0].baseline in groups}
+    adjusted = dict(zip(compared, holm([result["volume_t"].p for result in compared.values()])))
+
+    def described(config: str) -> dict:
+        group = groups[config]
+        per_seed = [r.mean("dice") for r in group]
+        cases = sorted(set.intersection(*(set(r.volumes) for r in group)))
+        per_volume = {case: mean_std([r.volumes[case]["dice"] for r in group])[0] for case in cases}
+        mean, std, _ = mean_std(per_seed)
+        return {"config": config, "seeds": [r.seed for r in group], "dice_mean": mean, "dice_std": std,
+                "dice_per_seed": per_seed, "dice_per_volume": per_volume,
+                "params": group[0].params}
+
+    seconds = sum(json.loads(m.read_text()).get("seconds", 0) for run in runs
+                  for m in (_marker(out, run.name, "train"), _marker(out, run.name, "evaluate")) if m.is_file())
+    baselines = sorted({groups[c][0].baseline for c in compared})
+    summary = {"command": command, "data": data_note, "seeds": seeds,
+               "test_volumes": len(next(iter(groups.values()))[0].volumes) if groups else 0,
+               "compute_seconds": round(seconds, 1),
+               "baseline": described(baselines[0]) if len(baselines) == 1 else {b: described(b) for b in baselines},
+               "others": {c: described(c) for c in groups if c not in compared and c not in baselines},
+               "variants": {}}
+    for config, result in compared.items():
+        ours, theirs = described(config), described(groups[config][0].baseline)
+        common = [c for c in ours["dice_per_volume"] if c in theirs["dice_per_volume"]]
+        gains = [ours["dice_per_volume"][c] - theirs["dice_per_volume"][c] for c in common]
+        summary["variants"][config] = {
+            **ours, "baseline": groups[config][0].baseline, "gain": mean_std(gains)[0],
+            "p": result["volume_t"].p, "p_holm": adjusted[config], "p_wilcoxon": result["volume_wilcoxon"].p,
+            "p_seeds": result["seed_t"].p}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
+    if compared:
+        _plot_gains(summary, out / "summary.png")
+    return summary
+
+
+def _plot_gains(summary: dict, path: Path) -> None:
+    """Per-volume Dice gain over the baseline (seed-averaged), one column per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary["variants"])
+    fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 4))
+    for i, name in enumerate(names):
+        variant = summary["variants"][name]
+        base = summary["baseline"] if "dice_per_volume" in summary["baseline"] else summary["baseline"][variant["baseline"]]
+        gains = [v - base["dice_per_volume"][c] for c, v in variant["dice_per_volume"].items()]
+        ax.scatter([i] * len(gains), gains, s=14, alpha=0.6)
+        ax.errorbar(i, sum(gains) / len(gains), fmt="k_", markersize=18)
+        ax.text(i, max(gains) + 0.005, f"p={variant['p_holm']:.2g}", ha="center", fontsize=7)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(names)), [n.split("-")[-1] for n in names], rotation=30, ha="right")
+    ax.set_ylabel("Dice gain over the baseline student (per test volume)")
+    ax.set_title(f"{len(summary['seeds'])} seeds, {summary['test_volumes']} test volumes; black: mean; p: Holm")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (reruns skip its finished runs)")
@@ -365,6 +474,8 @@ def main(argv: list[str] | None = None) -> dict:
         if _step(out, run.name, "evaluate", lambda: _evaluate(run, out, configs, log), log):
             evaluated.append(run.name)
     path = write_results(grid, runs, out, seeds, configs, data_note, args.split_seed)
+    write_summary(runs, out, seeds, "python scripts/experiments.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                  data_note)
     log(f"{len(trained)} trained, {len(evaluated)} evaluated now; results in {path}")
     return {"planned": [run.name for run in runs], "trained": trained, "evaluated": evaluated}
 

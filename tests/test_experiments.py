@@ -165,6 +165,25 @@ def test_smoke_grid_and_dry_run_plan_without_running(tmp_path, capsys, monkeypat
     assert only["planned"] == ["teacher-T2", "S1-f100-base-s1", "T2-S1-f100-nce_e-s1"]  # with what it needs
 
 
+def test_proof_grid_plans_the_assistant_chain_and_the_unlabelled_arm(tmp_path):
+    grid = experiments.load_grid("proof")
+    runs = experiments.plan(grid, tmp_path, [0, 1], "/data/phantoms")
+    by_name = {r.name: r for r in runs}
+    assert [r.name for r in runs[:2]] == ["teacher-T1", "assistant-TA"] and len(runs) == 2 + 2 * 8
+    assistant = by_name["assistant-TA"]
+    assert assistant.stage == "kd" and assistant.overrides["student_def"]["channels"] == [16, 32, 64]
+    assert assistant.overrides["teacher_ckpt"] == str(tmp_path / "models/teacher-T1/model.pt")
+    chained = by_name["TA-S1-f50-ta_pmd-s1"]
+    assert chained.overrides["teacher_def"] == assistant.network and chained.teacher == "assistant-TA"
+    assert chained.overrides["teacher_ckpt"] == str(tmp_path / "models/assistant-TA/model.pt")
+    assert chained.baseline == "S1-f50-base" and chained.overrides["loss#terms"] == {
+        "seg": "@loss_terms#seg", "pmd": "@loss_terms#pmd"}
+    assert by_name["T1-S1-f50-pmd+unl-s0"].overrides["use_unlabeled"] is True
+    assert "use_unlabeled" not in by_name["T1-S1-f50-pmd-s0"].overrides
+    assert [r.name for r in experiments.select(runs, ["TA-S1-f50-ta_pmd-s1"])] == [
+        "teacher-T1", "assistant-TA", "S1-f50-base-s1", "TA-S1-f50-ta_pmd-s1"]  # transitively
+
+
 def test_grids_with_unknown_terms_are_refused(tmp_path):
     spec = json.loads((REPO / "configs/experiments/smoke.json").read_text())
     spec["variants"]["nce_enc"] = ["infonce_encoderr"]
@@ -258,6 +277,18 @@ def test_tiny_grid_end_to_end_and_rerun_does_nothing(phantom_dir, tmp_path, monk
     results = (out / "results.md").read_text()
     assert "| T1-S1-f50-nce_enc | 1 |" in results and "| S1-f50-base |" in results
     assert "| tiny · T1-S1-f50 |" in results and "4 of 4 planned runs evaluated" in results
+
+    summary = json.loads((out / "summary.json").read_text())
+    base = {r.split(",")[0]: float(r.split(",")[1]) for r in
+            (out / "eval" / "S1-f50-base-s0" / "metrics.csv").read_text().splitlines()[1:]}
+    assert summary["baseline"]["dice_per_volume"] == pytest.approx(base) and summary["test_volumes"] == 2
+    for name in ("T1-S1-f50-nce_enc", "T1-S1-f50-mse_enc+pmd"):
+        rows = (out / "eval" / f"{name}-s0" / "metrics.csv").read_text().splitlines()[1:]
+        ours = {r.split(",")[0]: float(r.split(",")[1]) for r in rows}
+        variant = summary["variants"][name]
+        assert variant["gain"] == pytest.approx(np.mean([ours[c] - base[c] for c in base]))
+        assert variant["p_holm"] >= variant["p"] or math.isnan(variant["p"])
+    assert (out / "summary.png").stat().st_size > 0
 
     again = experiments.main(argv)
     assert again["trained"] == [] and again["evaluated"] == []
