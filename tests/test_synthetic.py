@@ -167,3 +167,28 @@ def test_cli_writes_the_dataset(tmp_path, source_map, capsys):
                  "--inplane_spacing", "2.5", "3.0", "--slice_thickness", "3", "5", "--max_slices", "8"])
     assert path.is_file() and (tmp_path / "cli" / "labelsTr" / "spleen_0.nii.gz").is_file()
     assert "wrote 1 synthetic CT volumes" in capsys.readouterr().out
+
+
+def test_on_the_fly_transform_draws_new_cases_that_train_like_files(source_map):
+    from monai.data import DataLoader, Dataset
+    from monai.transforms import Compose, Orientationd, RandCropByPosNegLabeld, Resized, ScaleIntensityRanged
+
+    from bundle.data.synthetic import RandSyntheticCTd
+
+    synthesize = RandSyntheticCTd(**FAST)
+    pipeline = Compose([synthesize, Orientationd(["image", "label"], "RAS"),
+                        ScaleIntensityRanged("image", -57, 164, 0.0, 1.0, clip=True),
+                        Resized(["image", "label"], [48, 48, -1], mode=["area", "nearest"]),
+                        RandCropByPosNegLabeld(["image", "label"], "label", [48, 48, 1], pos=1, neg=0, num_samples=2)])
+    pipeline.set_random_state(seed=0)
+    batches = list(DataLoader(Dataset([{"source": source_map}] * 2, pipeline), batch_size=2, num_workers=0))
+    assert all(b["image"].shape == (4, 1, 48, 48, 1) and b["label"].sum() > 0 for b in batches)  # pos crops
+    first, second = synthesize({"source": source_map}), synthesize({"source": source_map})
+    assert first["image"].shape != second["image"].shape or not np.array_equal(first["image"], second["image"])
+    synthesize.set_random_state(seed=5)
+    again = synthesize({"source": source_map})
+    synthesize.set_random_state(seed=5)
+    np.testing.assert_array_equal(again["image"], synthesize({"source": source_map})["image"])
+    assert np.allclose(np.diag(np.asarray(again["image"].affine))[:3], np.diag(np.asarray(again["label"].affine))[:3])
+    with pytest.raises(KeyError, match="source"):
+        synthesize({"image": "ct.nii.gz"})

@@ -33,6 +33,8 @@ import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Randomizable
 from scipy import ndimage
 
 from ..files import atomic_write_text
@@ -381,3 +383,34 @@ def make_synthetic_dataset(out_dir: str | os.PathLike, cases: int = 16, seed: in
     }
     atomic_write_text(description_path, json.dumps(description, indent=2))
     return description_path
+
+
+class RandSyntheticCTd(Randomizable, MapTransform):
+    """On-the-fly variant: every call draws a new synthetic case from the label map at ``data[source_key]``,
+    so every epoch sees new images. Yields channel-first ``image`` (HU) and ``label`` (0/1) MetaTensors with
+    their affine, in place of ``LoadImaged`` + ``EnsureChannelFirstd`` in a training pipeline (no caching
+    before it: put it in a ``Dataset``, not a ``CacheDataset``)."""
+
+    def __init__(self, source_key: str = "source", image_key: str = "image", label_key: str = "label",
+                 naming: str = "dataset", hu_stats: str | os.PathLike = HU_STATS_FILE, **case_options) -> None:
+        MapTransform.__init__(self, [image_key, label_key])
+        self.source_key, self.image_key, self.label_key, self.naming = source_key, image_key, label_key, naming
+        self.stats = load_hu_stats(hu_stats)
+        self.case_options = case_options
+        self._case_seed = 0
+
+    def randomize(self, data=None) -> None:
+        self._case_seed = int(self.R.randint(0, 2 ** 31 - 1))
+
+    def __call__(self, data: dict) -> dict:
+        if self.source_key not in data:
+            raise KeyError(f"RandSyntheticCTd needs the label map's path under '{self.source_key}' in every item; "
+                           f"got keys {sorted(data)}.")
+        self.randomize()
+        source = load_source(str(data[self.source_key]), self.naming)
+        image, label, affine = make_synthetic_case(self._case_seed, source, self.stats, **self.case_options)
+        out = dict(data)
+        affine = torch.as_tensor(affine, dtype=torch.float64)
+        out[self.image_key] = MetaTensor(torch.from_numpy(image.astype(np.float32))[None], affine=affine)
+        out[self.label_key] = MetaTensor(torch.from_numpy(label.astype(np.float32))[None], affine=affine.clone())
+        return out
