@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from monai.handlers import CheckpointSaver
 from torch import nn
@@ -22,9 +23,32 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self._evaluator = None
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
                 checkpoint.save_handler._atomic = True
+
+    def attach(self, engine) -> None:
+        super().attach(engine)
+        self._evaluator = engine
+
+    def state_dict(self) -> dict:
+        """The best key-metric score and its file (and the evaluator's best metric), to keep with the training
+        state: a resumed run that starts without them overwrites the best model at its first validation."""
+        saved = self._key_metric_checkpoint.state_dict()["_saved"] if self._key_metric_checkpoint is not None else []
+        state = {"saved": [(float(priority), str(filename)) for priority, filename in saved]}
+        engine_state = getattr(self._evaluator, "state", None)
+        if getattr(engine_state, "best_metric", None) is not None:
+            state["best_metric"] = float(engine_state.best_metric)
+            state["best_metric_epoch"] = int(engine_state.best_metric_epoch)
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if self._key_metric_checkpoint is not None:
+            self._key_metric_checkpoint.load_state_dict({"_saved": [tuple(item) for item in state_dict["saved"]]})
+        if self._evaluator is not None and "best_metric" in state_dict:
+            self._evaluator.state.best_metric = state_dict["best_metric"]
+            self._evaluator.state.best_metric_epoch = state_dict["best_metric_epoch"]
 
 
 def load_weights(network: nn.Module, path: str | os.PathLike, role: str = "network", train_hint: str = "") -> nn.Module:
@@ -75,27 +99,79 @@ def _rng_state() -> dict:
     with ``weights_only=True``)."""
     import random
 
-    import numpy as np
-
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached": float(cached)}}
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": _numpy_state(np.random.get_state())}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
+def _random_states(trainer) -> list:
+    """The ``numpy.random.RandomState`` of every MONAI random object in the trainer's dataset (crops,
+    augmentations, the random transforms they hold, dataset wrappers' pickers), in a fixed order, found the
+    way MONAI's ``set_rnd`` walks a dataset. MONAI seeds them when the workflow is built, so without
+    restoring them a resumed run replays the first epoch's random draws."""
+    from monai.transforms import Randomizable
+
+    states, seen = [], set()
+
+    def collect(obj) -> None:
+        if id(obj) in seen or isinstance(obj, (torch.Tensor, np.ndarray, str, bytes)):
+            return
+        seen.add(id(obj))
+        if isinstance(obj, (list, tuple)):
+            for child in obj:
+                collect(child)
+            return
+        if isinstance(obj, Randomizable) and id(obj.R) not in seen:
+            seen.add(id(obj.R))
+            states.append(obj.R)
+        for key, value in getattr(obj, "__dict__", {}).items():
+            if not key.startswith("__"):
+                collect(value)
+
+    collect(getattr(getattr(trainer, "data_loader", None), "dataset", None))
+    return states
+
+
+def _data_rng_state(trainer) -> dict:
+    """Random state of the data pipeline: the transforms' generators and the loader's shuffling generator."""
+    state = {"transforms": [_numpy_state(r.get_state()) for r in _random_states(trainer)]}
+    generator = getattr(getattr(trainer, "data_loader", None), "generator", None)
+    if generator is not None:
+        state["loader"] = generator.get_state()
+    return state
+
+
+def _set_data_rng_state(trainer, state: dict) -> None:
+    generators = _random_states(trainer)
+    if len(generators) != len(state["transforms"]):
+        raise ValueError(f"the training state holds {len(state['transforms'])} random transform states but the "
+                         f"configured data pipeline has {len(generators)}: it was written by another configuration.")
+    for generator, saved in zip(generators, state["transforms"]):
+        generator.set_state(_numpy_tuple(saved))
+    loader = getattr(getattr(trainer, "data_loader", None), "generator", None)
+    if loader is not None and "loader" in state:
+        loader.set_state(state["loader"])
+
+
+def _numpy_state(state: tuple) -> dict:
+    """A numpy RandomState state as tensors and plain values (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = state
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _numpy_tuple(state: dict) -> tuple:
+    return state["name"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"], state["cached"]
+
+
 def _set_rng_state(state: dict) -> None:
     import random
-
-    import numpy as np
 
     torch.set_rng_state(state["torch"])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    np.random.set_state(_numpy_tuple(state["numpy"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -129,6 +205,7 @@ class TrainingStateSaver:
         state["trainer"] = {"epoch": engine.state.epoch, "iteration": engine.state.iteration,
                             "epoch_length": engine.state.epoch_length}
         state["rng"] = _rng_state()
+        state["data_rng"] = _data_rng_state(engine)
         atomic_save(state, self.path)
 
 
@@ -166,5 +243,7 @@ def resume_training(trainer, save_dir: str, save_dict: dict, resume: bool = True
     trainer.state.epoch = state["trainer"]["epoch"]
     trainer.state.iteration = state["trainer"]["iteration"]
     _set_rng_state(state["rng"])
+    if "data_rng" in state:
+        _set_data_rng_state(trainer, state["data_rng"])
     trainer.logger.info(f"resumed from '{path}' at epoch {trainer.state.epoch}, iteration {trainer.state.iteration}")
     return True

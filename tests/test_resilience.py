@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from ignite.engine import Events
+from torch import nn
+from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
 
 from bundle.checkpoint import atomic_save, load_weights
@@ -27,10 +28,10 @@ def _overrides(phantom_dir, root, **extra):
                 slice_size=32, slices_per_volume=4, student_def=STUDENT, amp=False, **extra)
 
 
-def _losses_of_a_run(phantom_dir, root, epochs=2, **extra):
-    workflow = ConfigWorkflow(config_file=str(REPO / "configs/student.json"), meta_file=str(REPO / "configs/metadata.json"),
+def _losses_of_a_run(phantom_dir, root, epochs=2, config="student", **extra):
+    workflow = ConfigWorkflow(config_file=str(REPO / f"configs/{config}.json"), meta_file=str(REPO / "configs/metadata.json"),
                               logging_file=False, workflow_type="train", run_id="training",
-                              **_overrides(phantom_dir, root, epochs=epochs, val_interval=100, **extra))
+                              **_overrides(phantom_dir, root, **{"epochs": epochs, "val_interval": 100, **extra}))
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
     losses = []
@@ -138,3 +139,75 @@ def test_resume_flag_from_the_command_line_is_read_as_a_boolean(tmp_path):
     atomic_save({"trainer": {"epoch": 3, "iteration": 9}}, tmp_path / TrainingStateSaver.filename)
     assert resume_training(None, str(tmp_path), {}, resume="false") is False
     assert resume_training(None, str(tmp_path), {}, resume="0") is False
+
+
+def _validation(saver, scores):
+    """A real Ignite engine whose key metric takes the given values, one per run, with ``saver`` attached."""
+    engine = Engine(lambda engine, batch: None)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(val_mean_dice=scores.pop(0)))
+    saver.attach(engine)
+    return engine
+
+
+def test_a_resumed_run_keeps_the_best_model_when_its_first_validation_is_worse(tmp_path):
+    from bundle.checkpoint import AtomicCheckpointSaver, TrainingStateSaver, resume_training
+
+    def saver(network):
+        return AtomicCheckpointSaver(save_dir=str(tmp_path / "models"), save_dict={"model": network},
+                                     save_key_metric=True, key_metric_name="val_mean_dice",
+                                     key_metric_filename="model.pt")
+
+    network = nn.Linear(2, 1)
+    first = saver(network)
+    _validation(first, [0.8]).run([0], max_epochs=1)
+    best = torch.load(tmp_path / "models/model.pt", weights_only=True)
+    trainer = Engine(lambda engine, batch: None)
+    trainer.run([0], max_epochs=1)
+    TrainingStateSaver(str(tmp_path / "state"), {"model": network, "best_model": first}).save(trainer)
+
+    # a new process: fresh objects, restored from the training state, then training moves the weights on
+    network = nn.Linear(2, 1)
+    resumed = saver(network)
+    validation = _validation(resumed, [0.5, 0.9])
+    assert resume_training(Engine(lambda engine, batch: None), str(tmp_path / "state"),
+                           {"model": network, "best_model": resumed})
+    with torch.no_grad():
+        network.weight.fill_(7.0)
+    validation.run([0], max_epochs=1)  # worse than 0.8: the best file stays
+    kept = torch.load(tmp_path / "models/model.pt", weights_only=True)
+    assert all(torch.equal(kept[k], best[k]) for k in best)
+    validation.run([0], max_epochs=2)  # better: replaced
+    assert torch.equal(torch.load(tmp_path / "models/model.pt", weights_only=True)["weight"], torch.full((1, 2), 7.0))
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["model.pt"]
+
+
+def _resumed_losses(config, phantom_dir, root, **extra):
+    """Losses of a 2-epoch run, and of the same run stopped after epoch 1 and resumed in a new workflow."""
+    straight, _ = _losses_of_a_run(phantom_dir, root / "straight", epochs=2, config=config, **extra)
+    first, _ = _losses_of_a_run(phantom_dir, root / "resumed", epochs=1, config=config, **extra)
+    second, trainer = _losses_of_a_run(phantom_dir, root / "resumed", epochs=2, config=config, resume=True, **extra)
+    assert trainer.state.epoch == 2 and len(first) == len(second)
+    return straight, first + second
+
+
+def test_resume_continues_the_random_crops_where_they_stopped(phantom_dir, tmp_path, monkeypatch):
+    """MONAI seeds its random transforms when the workflow is built: a resumed run replayed epoch 1's crops."""
+    monkeypatch.chdir(REPO)
+    straight, resumed = _resumed_losses("student", phantom_dir, tmp_path, val_interval=1)
+    assert resumed == straight
+    best = [torch.load(tmp_path / run / "models/student/model.pt", weights_only=True) for run in ("straight", "resumed")]
+    assert all(torch.equal(best[0][k], best[1][k]) for k in best[0])
+
+
+def test_kd_resume_restores_the_distillation_heads_and_their_optimizer_state(phantom_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    teacher = {**STUDENT, "reconstruction": True}
+    for run in ("straight", "resumed"):
+        (tmp_path / run / "models/teacher").mkdir(parents=True)
+        torch.manual_seed(0)
+        torch.save(FeatureUNet(channels=(4, 8), bottleneck=8, reconstruction=True).state_dict(),
+                   tmp_path / run / "models/teacher/model.pt")
+    straight, resumed = _resumed_losses("kd", phantom_dir, tmp_path, teacher_def=teacher, val_interval=100)
+    assert resumed == straight
+    state = torch.load(tmp_path / "resumed/models/kd/training_state.pt", weights_only=True)
+    assert any(k.startswith("terms.infonce_encoder.loss.student_head") for k in state["distill_heads"])
