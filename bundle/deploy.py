@@ -17,7 +17,10 @@ class OnnxRuntimeNetwork(nn.Module):
     rest of ``configs/inference.json`` is unchanged whichever backend is chosen.
     """
 
-    def __init__(self, onnx_path: str | os.PathLike, threads: int = 0):
+    def __init__(self, onnx_path: str | os.PathLike, threads: int = 0, spinning: bool = False):
+        """``threads``: intra-op threads (0: ONNX Runtime's default, one per core). ``spinning``: let idle
+        threads busy-wait for work; off by default, because between batches the CPU is needed by
+        the pre- and post-processing and by whatever else runs on the machine."""
         super().__init__()
         import onnxruntime as ort
 
@@ -31,8 +34,15 @@ class OnnxRuntimeNetwork(nn.Module):
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1  # one chain of convolutions: nothing to run side by side
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        self.path = path
+        self.version = ort.__version__
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.precision = self.metadata.get("spleen_kd_precision", "fp32")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)

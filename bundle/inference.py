@@ -1,0 +1,222 @@
+"""What ``configs/inference.json`` needs to segment a CT volume fast on a few CPU cores.
+
+- :func:`serving_network`: the student on the fastest backend present (ONNX Runtime on a CPU,
+  PyTorch otherwise), with as many threads as the process may use, and the backend logged.
+- :func:`onnx_session`: the ONNX model exported from the checkpoint on first use and reused until the
+  checkpoint or the network definition changes.
+- :class:`AxialSliceInferer`: every axial slice through the network in batches.
+- :class:`LargestComponentd`: the largest 3D connected component, labelled inside the foreground's
+  bounding box only.
+- :func:`use_fast_gzip`: nibabel reads and writes ``.nii.gz`` through ISA-L when ``isal`` is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.inferers import Inferer
+from monai.transforms import MapTransform
+from monai.utils import convert_to_dst_type, convert_to_tensor
+from torch import nn
+
+from .checkpoint import load_weights
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "onnx")
+ONNX_KEY = "spleen_kd_source"  # ONNX metadata: which checkpoint and network the model was exported from
+ONNX_PRECISION = "spleen_kd_precision"  # ONNX metadata: "int8" for statically quantized models
+
+
+def available_cores() -> int:
+    """Cores this process may run on (``taskset``/cgroup cpusets count, the machine's total does not)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def use_threads(threads: int = 0) -> int:
+    """One PyTorch intra-op thread per available core (0 = all of them); more only fight over the cores."""
+    threads = threads or available_cores()
+    torch.set_num_threads(threads)
+    return threads
+
+
+def resolve_backend(backend: str, device: str | torch.device = "cpu") -> str:
+    """``auto``: ONNX Runtime on a CPU when it is installed, else PyTorch (always PyTorch on a GPU)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"inference backend '{backend}' is not one of {BACKENDS}; set `backend` in "
+                         "configs/inference.json or pass --backend auto|torch|onnx.")
+    if backend != "auto":
+        return backend
+    on_cpu = torch.device(device).type == "cpu"
+    return "onnx" if on_cpu and importlib.util.find_spec("onnxruntime") is not None else "torch"
+
+
+def source_key(network: nn.Module, ckpt_path: str | os.PathLike) -> str:
+    """SHA-256 of the checkpoint's bytes and the network's structure (S1 and S1-fast share their
+    parameter shapes, so the checkpoint alone does not say which network it is for)."""
+    digest = hashlib.sha256(Path(ckpt_path).read_bytes())
+    digest.update(repr(network).encode())
+    return digest.hexdigest()
+
+
+def export_onnx(network: nn.Module, onnx_path: str | os.PathLike, slice_size: int, key: str) -> Path:
+    """Export with a dynamic batch axis (input ``x``, output ``logits``), tagged with ``key``; written atomically."""
+    import io
+
+    import onnx
+
+    from .files import atomic_open
+
+    buffer = io.BytesIO()
+    network = network.cpu().eval()
+    with torch.no_grad():
+        torch.onnx.export(network, (torch.zeros(1, 1, slice_size, slice_size),), buffer, input_names=["x"],
+                          output_names=["logits"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+                          dynamo=False)
+    model = onnx.load_from_string(buffer.getvalue())
+    onnx.helper.set_model_props(model, {ONNX_KEY: key})
+    with atomic_open(onnx_path, "wb") as stream:
+        stream.write(model.SerializeToString())
+    return Path(onnx_path)
+
+
+def onnx_session(network: nn.Module, ckpt_path: str | os.PathLike, onnx_path: str | os.PathLike,
+                 slice_size: int, threads: int = 0):
+    """An ONNX Runtime session of ``network`` with the checkpoint's weights, exported when absent or stale.
+
+    An ONNX file without a checkpoint beside it is used as it is (a deployment may ship only the
+    ``.onnx``). A stale quantized model is not replaced by an fp32 one: quantize again.
+    """
+    from .deploy import OnnxRuntimeNetwork
+
+    onnx_path, ckpt_path = Path(onnx_path), Path(ckpt_path)
+    if not ckpt_path.is_file():
+        if onnx_path.is_file():
+            logger.info("no checkpoint at '%s': using the ONNX model '%s' as it is", ckpt_path, onnx_path)
+            return OnnxRuntimeNetwork(onnx_path, threads=threads)
+        raise FileNotFoundError(f"neither the checkpoint '{ckpt_path}' nor the ONNX model '{onnx_path}' exists: "
+                                "train the student first (configs/kd.json) or set --ckpt_path / --onnx_path.")
+    key = source_key(network, ckpt_path)
+    if onnx_path.is_file():
+        session = OnnxRuntimeNetwork(onnx_path, threads=threads)
+        if session.metadata.get(ONNX_KEY) == key:
+            return session
+        if session.precision == "int8":
+            raise ValueError(f"the int8 ONNX model '{onnx_path}' was made from another checkpoint or network than "
+                             f"'{ckpt_path}'. Quantize again: python -m bundle.quantize --help")
+        logger.info("ONNX model '%s' does not come from '%s' with this network: exporting it again", onnx_path, ckpt_path)
+    load_weights(network, ckpt_path, role="network")
+    return OnnxRuntimeNetwork(export_onnx(network, onnx_path, slice_size, key), threads=threads)
+
+
+def serving_network(network: nn.Module, ckpt_path: str | os.PathLike, backend: str = "auto",
+                    onnx_path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                    threads: int = 0, slice_size: int = 256) -> nn.Module:
+    """The student ready to run on ``backend`` (see :func:`resolve_backend`); logs what it chose."""
+    chosen = resolve_backend(backend, device)
+    threads = use_threads(threads)
+    if chosen == "torch":
+        loaded = load_weights(network, ckpt_path, role="network").to(device).eval()
+        logger.info("inference backend: torch %s on %s, %d threads (requested: %s)", torch.__version__, device,
+                    threads, backend)
+        return loaded
+    if onnx_path is None:
+        onnx_path = Path(ckpt_path).with_suffix(".onnx")
+    session = onnx_session(network, ckpt_path, onnx_path, slice_size, threads)
+    logger.info("inference backend: onnxruntime %s (%s), %d threads, model '%s' (requested: %s)",
+                session.version, session.precision, threads, session.path, backend)
+    return session
+
+
+class AxialSliceInferer(Inferer):
+    """Runs a 2D network on every axial slice of ``[B, C, H, W, D]`` volumes, ``batch_size`` slices at a time.
+
+    Gives what ``SliceInferer(roi_size=(H, W), spatial_dim=2)`` gives when the slices already have the
+    network's size (``Resized`` in the preprocessing sees to that), without the sliding-window
+    bookkeeping, which costs about as much as the tiny student on a 512×512×100 volume.
+    """
+
+    def __init__(self, batch_size: int = 16):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        self.batch_size = batch_size
+
+    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
+        if inputs.ndim != 5:
+            raise ValueError(f"AxialSliceInferer expects [B, C, H, W, D] volumes, got shape {tuple(inputs.shape)}.")
+        batch, channels, height, width, depth = inputs.shape
+        slices = convert_to_tensor(inputs, track_meta=False).permute(0, 4, 1, 2, 3).reshape(batch * depth, channels, height, width)
+        outputs = [network(slices[i:i + self.batch_size].contiguous(), *args, **kwargs)
+                   for i in range(0, slices.shape[0], self.batch_size)]
+        if not all(isinstance(out, torch.Tensor) for out in outputs):
+            raise TypeError("AxialSliceInferer needs a network that returns one tensor; wrap multi-output networks "
+                            "in bundle.networks.SelectOutputs or use monai.inferers.SliceInferer.")
+        logits = torch.cat(outputs)
+        logits = logits.reshape(batch, depth, *logits.shape[1:]).permute(0, 2, 3, 4, 1)
+        return convert_to_dst_type(logits, inputs)[0]
+
+
+class LargestComponentd(MapTransform):
+    """Keeps the largest 3D connected component (full connectivity) of binary masks ``[1, H, W, D]``.
+
+    Same result as ``KeepLargestConnectedComponentd(applied_labels=[1])`` on a binary mask, but labels
+    only the bounding box of the foreground, which for a spleen is a small part of the volume.
+    """
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data):
+        from scipy import ndimage
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            mask = d[key]
+            array = convert_to_tensor(mask, track_meta=False).detach().cpu().numpy()[0] > 0
+            if not array.any():
+                continue
+            box = tuple(slice(int(idx[0]), int(idx[-1]) + 1)
+                        for idx in (np.flatnonzero(array.any(axis=tuple(a for a in range(3) if a != axis)))
+                                    for axis in range(3)))
+            labels, count = ndimage.label(array[box], structure=np.ones((3, 3, 3), dtype=bool))
+            if count > 1:
+                sizes = np.bincount(labels.ravel())
+                sizes[0] = 0
+                array[box] = labels == np.argmax(sizes)
+                keep = torch.from_numpy(array[None])
+                d[key] = mask * convert_to_dst_type(keep, mask, dtype=mask.dtype)[0]
+        return d
+
+
+def gzip_open_isal(filename: str, mode: str = "rb", compresslevel: int = 1, mtime: int = 0, keep_open: bool = False):
+    """nibabel's gzip opener on ISA-L: 2–3× faster, same bytes for readers (levels above 3 become 3)."""
+    from isal import igzip
+
+    modestr = mode if "b" in mode else mode + "b"
+    fileobj = open(filename, modestr)
+    stream = igzip.IGzipFile(filename="", mode=modestr, compresslevel=min(int(compresslevel), 3), fileobj=fileobj,
+                             mtime=mtime)
+    stream.myfileobj = fileobj  # closed with the stream, as in nibabel's own opener
+    return stream
+
+
+def use_fast_gzip() -> bool:
+    """Register :func:`gzip_open_isal` for ``.gz`` in nibabel (its documented extension point) when
+    ``isal`` is installed; True if it did. Affects every nibabel read and write in this process."""
+    if importlib.util.find_spec("isal") is None:
+        return False
+    from nibabel.openers import ImageOpener
+
+    ImageOpener.compress_ext_map[".gz"] = (gzip_open_isal, ("mode", "compresslevel", "mtime", "keep_open"))
+    return True

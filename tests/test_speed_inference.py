@@ -1,0 +1,194 @@
+"""The fast CPU path of configs/inference.json gives what the plain MONAI path gives, on real CT."""
+
+import gzip
+import logging
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.data import MetaTensor
+from monai.inferers import SliceInferer
+from monai.transforms import KeepLargestConnectedComponentd
+from nibabel.openers import ImageOpener
+
+from bundle.deploy import OnnxRuntimeNetwork
+from bundle.inference import (AxialSliceInferer, LargestComponentd, resolve_backend, serving_network, source_key,
+                              use_fast_gzip)
+from bundle.networks import FeatureUNet
+
+S1_FAST = {"channels": [16, 32], "bottleneck": 64, "stem_stride": 2}
+SIZE = 64
+
+
+def _windowed_slices(path, size=SIZE):
+    volume = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+    slices = torch.from_numpy(np.clip((volume + 57) / 221, 0, 1)).permute(2, 0, 1)[:, None]
+    return F.interpolate(slices, size=(size, size), mode="area")
+
+
+@pytest.fixture(scope="module")
+def ct(totalseg_dir):
+    """Real CT slices (HU window, 64²) and their spleen masks: 30 slices with spleen in every one."""
+    labels = torch.from_numpy((np.asarray(nib.load(totalseg_dir / "example_seg.nii.gz").dataobj) == 1)
+                              .astype(np.float32)).permute(2, 0, 1)[:, None]
+    return _windowed_slices(totalseg_dir / "example_ct_sm.nii.gz"), (F.interpolate(labels, size=(SIZE, SIZE), mode="area") > 0.5).float()
+
+
+@pytest.fixture(scope="module")
+def trained(ct, tmp_path_factory):
+    """S1-fast fitted for 40 steps on half of the slices: confident, spleen-shaped masks (a random
+    network's mask is all or nothing, which would make every comparison below trivial)."""
+    images, labels = ct[0][::2], ct[1][::2]
+    torch.manual_seed(0)
+    network = FeatureUNet(**S1_FAST)
+    optimizer = torch.optim.Adam(network.parameters(), 1e-2)
+    for _ in range(40):
+        logits = network(images)
+        probs = torch.sigmoid(logits)
+        dice = (2 * (probs * labels).sum() + 1) / (probs.sum() + labels.sum() + 1)
+        loss = F.binary_cross_entropy_with_logits(logits, labels) + 1 - dice
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    network.eval()
+    path = tmp_path_factory.mktemp("trained") / "model.pt"
+    torch.save(network.state_dict(), path)
+    return network, path
+
+
+def _dice(a, b):
+    a, b = a.bool(), b.bool()
+    return (2 * (a & b).sum() / (a.sum() + b.sum())).item()
+
+
+def test_auto_backend_is_onnx_runtime_on_cpu_and_is_logged(trained, ct, tmp_path, caplog):
+    network, ckpt = trained
+    assert resolve_backend("auto", "cpu") == "onnx"
+    assert resolve_backend("auto", "cuda") == "torch"
+    with pytest.raises(ValueError, match="backend 'tensorrt'.*--backend"):
+        resolve_backend("tensorrt")
+    with caplog.at_level(logging.INFO, logger="bundle.inference"):
+        served = serving_network(FeatureUNet(**S1_FAST), ckpt, "auto", tmp_path / "model.onnx", slice_size=SIZE)
+    assert isinstance(served, OnnxRuntimeNetwork)
+    assert "inference backend: onnxruntime" in caplog.text and "requested: auto" in caplog.text
+    with torch.no_grad():
+        assert (served(ct[0]) - network(ct[0])).abs().max().item() <= 1e-4
+    with caplog.at_level(logging.INFO, logger="bundle.inference"):
+        assert isinstance(serving_network(FeatureUNet(**S1_FAST), ckpt, "torch", slice_size=SIZE), FeatureUNet)
+    assert "inference backend: torch" in caplog.text
+
+
+def test_onnx_model_is_exported_once_and_again_when_the_checkpoint_or_network_changes(trained, ct, tmp_path):
+    network, ckpt = trained
+    onnx_path = tmp_path / "model.onnx"
+    serving_network(FeatureUNet(**S1_FAST), ckpt, "onnx", onnx_path, slice_size=SIZE)
+    first = onnx_path.stat().st_mtime_ns
+    served = serving_network(FeatureUNet(**S1_FAST), ckpt, "onnx", onnx_path, slice_size=SIZE)
+    assert onnx_path.stat().st_mtime_ns == first, "an up-to-date ONNX model must be reused"
+    assert served.metadata["spleen_kd_source"] == source_key(FeatureUNet(**S1_FAST), ckpt)
+
+    retrained = FeatureUNet(**S1_FAST)
+    torch.manual_seed(1)
+    retrained.load_state_dict({k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
+                               for k, v in network.state_dict().items()})
+    torch.save(retrained.eval().state_dict(), ckpt.parent / "retrained.pt")
+    served = serving_network(FeatureUNet(**S1_FAST), ckpt.parent / "retrained.pt", "onnx", onnx_path, slice_size=SIZE)
+    with torch.no_grad():
+        assert (served(ct[0]) - retrained(ct[0])).abs().max().item() <= 1e-4
+
+    # S1 and S1-fast have the same parameter shapes: the same checkpoint must not reuse S1-fast's graph
+    plain = FeatureUNet(channels=[16, 32], bottleneck=64)
+    served = serving_network(plain, ckpt, "onnx", onnx_path, slice_size=SIZE)
+    plain.load_state_dict(torch.load(ckpt, weights_only=True))
+    with torch.no_grad():
+        assert (served(ct[0]) - plain.eval()(ct[0])).abs().max().item() <= 1e-4
+
+
+def test_missing_checkpoint_and_onnx_model_name_both(tmp_path):
+    with pytest.raises(FileNotFoundError, match="absent.pt.*absent.onnx"):
+        serving_network(FeatureUNet(**S1_FAST), tmp_path / "absent.pt", "onnx", tmp_path / "absent.onnx")
+
+
+def test_axial_slice_inferer_gives_what_slice_inferer_gives(trained, ct):
+    network = trained[0]
+    volume = MetaTensor(ct[0][:, 0].permute(1, 2, 0)[None, None], affine=torch.diag(torch.tensor([3.0, 3.0, 3.0, 1.0])))
+    with torch.no_grad():
+        expected = SliceInferer(roi_size=(SIZE, SIZE), spatial_dim=2, sw_batch_size=7, progress=False)(volume, network)
+        fast = AxialSliceInferer(batch_size=7)(volume, network)
+    assert fast.shape == expected.shape == (1, 1, SIZE, SIZE, 30)
+    assert (fast - expected).abs().max().item() <= 1e-5
+    assert isinstance(fast, MetaTensor) and torch.equal(fast.affine, volume.affine)
+
+
+def test_largest_component_is_monais_largest_component(totalseg_dir):
+    labels = np.asarray(nib.load(totalseg_dir / "example_seg.nii.gz").dataobj)
+    rng = np.random.default_rng(0)
+    masks = [np.zeros((8, 8, 8), bool),
+             labels > 0,  # every organ of a real label map: many components, one body-sized
+             np.isin(labels, [1, 5]),  # spleen and liver
+             rng.random((40, 30, 20)) > 0.7]  # speckle: hundreds of components, diagonal contacts
+    for mask in masks:
+        data = {"pred": MetaTensor(torch.from_numpy(mask[None].astype(np.float32)))}
+        expected = KeepLargestConnectedComponentd(keys="pred", applied_labels=[1])({"pred": data["pred"].clone()})["pred"]
+        fast = LargestComponentd(keys="pred")(data)["pred"]
+        assert isinstance(fast, MetaTensor) and fast.dtype == expected.dtype
+        assert torch.equal(fast.as_tensor(), expected.as_tensor())
+    assert 0 < expected.sum() < masks[-1].sum()  # the speckle mask did lose its small components
+
+
+def test_fast_gzip_reads_and_writes_the_images_nibabel_does(totalseg_dir, tmp_path, monkeypatch):
+    pytest.importorskip("isal")
+    ct_path = totalseg_dir / "example_ct_sm.nii.gz"
+    plain = np.asarray(nib.load(ct_path).dataobj)
+    monkeypatch.setitem(ImageOpener.compress_ext_map, ".gz", ImageOpener.compress_ext_map[".gz"])
+    assert use_fast_gzip()
+    assert ImageOpener.compress_ext_map[".gz"][0].__module__ == "bundle.inference"
+    image = nib.load(ct_path)
+    assert np.array_equal(np.asarray(image.dataobj), plain)
+    mask = nib.Nifti1Image((plain > 100).astype(np.uint8), image.affine)
+    nib.save(mask, tmp_path / "a.nii.gz")
+    nib.save(mask, tmp_path / "b.nii.gz")
+    assert (tmp_path / "a.nii.gz").read_bytes() == (tmp_path / "b.nii.gz").read_bytes(), "writes must be deterministic"
+    with gzip.open(tmp_path / "a.nii.gz") as stream:  # the standard library reads what ISA-L wrote
+        assert np.array_equal(np.asarray(nib.Nifti1Image.from_bytes(stream.read()).dataobj), plain > 100)
+
+
+def test_inference_imports_no_training_stack(tmp_path, request):
+    """The bundle's own training code (engine, handlers, losses, MLflow wrapper) is not imported to serve."""
+    code = ("import sys, bundle; bundle.inference; bundle.networks; bundle.checkpoint; bundle.deploy; "
+            "served = sorted(m for m in sys.modules if m.split('.')[0] == 'bundle'); "
+            "bundle.data.datalist.load_or_create_datalist; print(served, 'bundle.data.slicing' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=request.config.rootpath, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    loaded, data_loaded = out.rsplit(" ", 1)
+    for module in ("bundle.engine", "bundle.handlers", "bundle.losses", "bundle.tracking", "bundle.report"):
+        assert module not in eval(loaded), f"{module} imported by the inference path: {loaded}"
+    assert data_loaded == "True", "bundle.data must still bring its submodules for the training configs"
+
+
+def test_int8_model_segments_like_fp32(trained, ct, totalseg_dir, tmp_path, caplog):
+    """Static int8 calibrated on another real CT: Dice against the fp32 mask >= 0.99 on the spleen CT."""
+    from bundle.quantize import calibration_slices, quantize_int8
+
+    network, ckpt = trained
+    fp32 = serving_network(FeatureUNet(**S1_FAST), ckpt, "onnx", tmp_path / "model.onnx", slice_size=SIZE)
+    slices = calibration_slices([totalseg_dir / "example_ct.nii.gz"], slice_size=SIZE, max_slices=32)
+    assert slices.shape == (32, 1, SIZE, SIZE) and 0.0 <= slices.min() and slices.max() <= 1.0
+    quantize_int8(tmp_path / "model.onnx", tmp_path / "model.int8.onnx", slices)
+    with caplog.at_level(logging.INFO, logger="bundle.inference"):
+        int8 = serving_network(FeatureUNet(**S1_FAST), ckpt, "onnx", tmp_path / "model.int8.onnx", slice_size=SIZE)
+    assert int8.precision == "int8" and "(int8)" in caplog.text
+    assert any(node.op_type == "QuantizeLinear" for node in __import__("onnx").load(str(int8.path)).graph.node)
+    with torch.no_grad():
+        reference, quantized = fp32(ct[0]) > 0, int8(ct[0]) > 0
+    assert 0.005 < reference.float().mean().item() < 0.2, "the fp32 mask must be a real segmentation"
+    assert _dice(reference, ct[1]) > 0.7
+    assert _dice(quantized, reference) >= 0.99
+
+    torch.save({k: v * 1.01 if v.is_floating_point() else v for k, v in network.state_dict().items()}, ckpt.parent / "other.pt")
+    with pytest.raises(ValueError, match="int8 ONNX model .* another checkpoint.*Quantize again"):
+        serving_network(FeatureUNet(**S1_FAST), ckpt.parent / "other.pt", "onnx", tmp_path / "model.int8.onnx")
