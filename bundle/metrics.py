@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+from monai.metrics import SurfaceDiceMetric, compute_hausdorff_distance, compute_surface_dice
 from torch.utils.flop_counter import FlopCounterMode
 
 from .files import atomic_open, atomic_write_text
@@ -61,6 +61,19 @@ def volume_metrics(pred, label, spacing: Sequence[float], tolerance_mm: float = 
     result["hd95_mm"] = compute_hausdorff_distance(
         y_pred, y, include_background=True, percentile=95, spacing=spacing).item()
     return result
+
+
+class MillimetreSurfaceDice(SurfaceDiceMetric):
+    """MONAI's ``SurfaceDiceMetric`` with the tolerance in mm on every volume's own voxel spacing, read from the
+    label's affine (Ignite metric handlers pass no spacing, so the plain metric measures in voxels)."""
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor, **kwargs) -> torch.Tensor:
+        if kwargs.get("spacing") is None and hasattr(y, "affine"):
+            affine = torch.as_tensor(y.affine, dtype=torch.float64)
+            affine = affine[None] if affine.ndim == 2 else affine
+            spatial = y.ndim - 2
+            kwargs["spacing"] = torch.linalg.norm(affine[:, :spatial, :spatial], dim=1).tolist()
+        return super()._compute_tensor(y_pred, y, **kwargs)
 
 
 def psnr(reconstruction: torch.Tensor, image: torch.Tensor, max_value: float = 1.0) -> float:

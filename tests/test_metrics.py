@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -112,3 +113,39 @@ def test_case_ids_are_unique_within_the_split(tmp_path):
     _evaluate_items(items, tmp_path / "out")
     cases = [line.split(",")[0] for line in (tmp_path / "out/metrics.csv").read_text().splitlines()[1:]]
     assert cases == ["s01/image.nii.gz", "s02/image.nii.gz", "s03/image.nii.gz"]
+
+
+def test_validation_metrics_equal_the_per_volume_metrics_in_millimetres(phantom_dir, tmp_path, monkeypatch):
+    """Validation Dice and Surface Dice are `volume_metrics` averaged over volumes, each volume on its own
+    anisotropic spacing (the tolerance used to be converted to pixels of the first volume, z ignored)."""
+    from pathlib import Path
+
+    import nibabel as nib
+    from ignite.engine import Events
+    from monai.bundle import ConfigParser
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)
+    cases = []
+    for name, zooms in (("a", (5.0, 5.0, 10.0)), ("b", (3.0, 3.0, 7.0))):  # same voxels, other spacings
+        for key, folder in (("image", "imagesTr"), ("label", "labelsTr")):
+            source = nib.load(sorted((phantom_dir / folder).glob("*.nii.gz"))[0])
+            nib.save(nib.Nifti1Image(np.asarray(source.dataobj), np.diag([*zooms, 1.0])), tmp_path / f"{name}_{key}.nii.gz")
+        cases.append({"image": str(tmp_path / f"{name}_image.nii.gz"), "label": str(tmp_path / f"{name}_label.nii.gz")})
+    parser = ConfigParser()
+    parser.read_config("configs/student.json")
+    parser.resolve_macro_and_relative_ids()
+    tolerance = 8.0  # between the in-plane (6.7 / 4 mm at 48 px) and the z spacings
+    parser.update({"bundle_root": str(tmp_path), "slice_size": 48, "surface_dice_tolerance_mm": tolerance,
+                   "validate#dataset#data": cases, "device": torch.device("cpu"), "amp": False,
+                   "student_def#channels": [4, 8], "student_def#bottleneck": 8})
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    seen = []
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.extend(
+        (item["pred"], item["label"]) for item in e.state.output))
+    evaluator.run()
+    expected = [volume_metrics(pred, label, [float(s) for s in label.pixdim], tolerance) for pred, label in seen]
+    assert len(expected) == 2 and all(0 < m["surface_dice"] < 1 for m in expected)
+    assert evaluator.state.metrics["val_mean_dice"] == pytest.approx(np.mean([m["dice"] for m in expected]), abs=1e-6)
+    assert evaluator.state.metrics["val_surface_dice"] == pytest.approx(
+        np.mean([m["surface_dice"] for m in expected]), abs=1e-6)
