@@ -147,22 +147,25 @@ class TeacherCache:
     def outputs(self, teacher: nn.Module, inputs: torch.Tensor, keys: set[str]) -> dict[str, torch.Tensor]:
         """Teacher outputs for a batch: cached slices are gathered, the others computed and stored."""
         slice_keys = [self.key(x) for x in inputs]
-        missing = [i for i, k in enumerate(slice_keys) if k not in self._entries]
-        self.hits += len(slice_keys) - len(missing)
-        self.misses += len(missing)
-        fresh: dict[int, dict[str, torch.Tensor]] = {}
-        if missing:
-            computed = teacher(inputs[missing], return_features=True)
-            for row, i in enumerate(missing):
-                entry = {k: computed[k][row] for k in keys}
-                fresh[i] = entry
-                self._store(slice_keys[i], entry)
-        rows = [fresh[i] if i in fresh else self._entries[k] for i, k in enumerate(slice_keys)]
-        return {k: torch.stack([row[k].to(inputs.device, inputs.dtype) for row in rows]) for k in keys}
+        first_rows: dict[bytes, int] = {}  # each uncached slice once, however often the batch repeats it
+        for row, key in enumerate(slice_keys):
+            if key not in self._entries and key not in first_rows:
+                first_rows[key] = row
+        self.misses += len(first_rows)
+        self.hits += len(slice_keys) - len(first_rows)
+        fresh: dict[bytes, dict[str, torch.Tensor]] = {}
+        if first_rows:
+            computed = teacher(inputs[list(first_rows.values())], return_features=True)
+            for position, key in enumerate(first_rows):
+                fresh[key] = {name: computed[name][position] for name in keys}
+                self._store(key, fresh[key])
+        found = [fresh[key] if key in fresh else self._entries[key] for key in slice_keys]
+        return {name: torch.stack([entry[name].to(inputs.device, inputs.dtype) for entry in found]) for name in keys}
 
     def _store(self, key: bytes, entry: dict[str, torch.Tensor]) -> None:
-        stored = {k: v.detach().to("cpu", self.dtype or v.dtype) for k, v in entry.items()}
-        size = sum(v.numel() * v.element_size() for v in stored.values())
+        # a copy of the row: a view would keep the whole batch's tensor alive (on CPU `.to` does not copy)
+        stored = {k: v.detach().to("cpu", self.dtype or v.dtype, copy=True) for k, v in entry.items()}
+        size = sum(v.untyped_storage().nbytes() for v in stored.values())
         if self.bytes + size <= self.max_bytes:
             self._entries[key] = stored
             self.bytes += size

@@ -171,3 +171,19 @@ def test_trainer_refuses_supervised_trainer_options_it_does_not_honour(name, val
         ComposedLossTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=_loader(), network=student,
                             optimizer=torch.optim.SGD(student.parameters(), lr=0.1), loss_function=loss,
                             **{name: value})
+
+
+def test_teacher_cache_stores_a_repeated_slice_once_and_counts_only_what_it_holds():
+    teacher = _teacher().eval()
+    images = torch.rand(2, 1, 32, 32)
+    cache = TeacherCache(max_megabytes=16)
+    with torch.no_grad():
+        direct = teacher(images, return_features=True)
+        out = cache.outputs(teacher, images[[0, 1, 0, 0]], {"seg", "encoder"})
+    assert torch.allclose(out["encoder"], direct["encoder"][[0, 1, 0, 0]], atol=1e-6)
+    assert (cache.misses, cache.hits, len(cache)) == (2, 2, 2)
+    per_slice = sum(direct[k][0].numel() * direct[k].element_size() for k in ("seg", "encoder"))
+    assert cache.bytes == 2 * per_slice
+    # each entry owns exactly its row: no view that keeps the whole batch's output tensor alive
+    held = sum(v.untyped_storage().nbytes() for entry in cache._entries.values() for v in entry.values())
+    assert held == cache.bytes
