@@ -9,7 +9,8 @@ from torch import nn
 from bundle.losses.contrastive import InfoNCEFeatureLoss, info_nce
 from bundle.losses.feature_regression import FeatureMSELoss
 from bundle.losses.prediction_map import PredictionMapDistillation
-from bundle.losses.region_affinity import RegionAffinityLoss
+from bundle.losses.logit_maps import ChannelWiseDistillation, InterPixelCorrelation
+from bundle.losses.region_affinity import ImportanceMapLoss, PixelRegionAffinityLoss, RegionAffinityLoss
 
 
 @pytest.fixture(autouse=True)
@@ -283,6 +284,62 @@ def test_region_affinity_is_finite_for_zero_features_and_reaches_the_student():
     loss(student, teacher, label).backward()
     assert student.grad.abs().sum() > 0
     assert teacher.grad is None
+
+
+def _two_region_features(spleen_mean, background_mean, label):
+    """``[1, C, H, W]`` features whose spleen and background pixels vary around the given means."""
+    spleen = label[:1] > 0.5
+    noise = torch.randn(1, len(spleen_mean), *label.shape[-2:])
+    noise = noise - (noise * spleen).sum(dim=(2, 3), keepdim=True) / spleen.sum() * spleen \
+        - (noise * ~spleen).sum(dim=(2, 3), keepdim=True) / (~spleen).sum() * ~spleen  # zero-mean per region
+    means = torch.where(spleen, torch.tensor(spleen_mean)[None, :, None, None], torch.tensor(background_mean)[None, :, None, None])
+    return means + 0.5 * noise
+
+
+def test_region_affinity_is_qin_et_al_s_region_term_only():
+    """Qin et al. match the cosine of the region means; pixel patterns around equal means cost nothing
+    (the first version added a pixel-to-region term they do not have)."""
+    label = _spleen_label(batch=1)
+    teacher = _two_region_features([1.0, 0.0], [1.0, 1.0], label)  # cos 45 degrees = 0.7071
+    same_means = _two_region_features([2.0, 0.0], [3.0, 3.0], label)  # same angle, other pixels and norms
+    orthogonal = _two_region_features([0.0, 1.0], [1.0, 0.0], label)  # cos 0
+    assert RegionAffinityLoss()(same_means, teacher, label).item() == pytest.approx(0.0, abs=1e-10)
+    assert RegionAffinityLoss()(orthogonal, teacher, label).item() == pytest.approx(0.5, rel=1e-5)
+    assert PixelRegionAffinityLoss()(same_means, teacher, label).item() > 1e-3  # the separate, named option
+
+
+def test_importance_map_loss_compares_where_features_are_strong():
+    teacher = torch.randn(2, 16, 8, 8)
+    rescaled_and_wider = torch.cat([3 * teacher, -3 * teacher], dim=1)  # same map up to scale
+    assert ImportanceMapLoss()(rescaled_and_wider, teacher).item() == pytest.approx(0.0, abs=1e-10)
+    peak = torch.zeros(1, 4, 2, 2)
+    peak[:, :, 0, 0] = 1.0  # all importance at one of four pixels, against a uniform teacher
+    # unit maps (1, 0, 0, 0) and (1/2, 1/2, 1/2, 1/2): squared distance (1/2)^2 + 3 (1/2)^2 = 1
+    assert ImportanceMapLoss()(peak, torch.ones(1, 4, 2, 2)).item() == pytest.approx(1.0, rel=1e-6)
+    assert ImportanceMapLoss()(torch.randn(2, 4, 16, 16), teacher).item() > 0  # sizes may differ
+
+
+LOSSES_ON_TEACHER = {
+    "infonce": lambda s, t, label: InfoNCEFeatureLoss(8, 16)(s, t),
+    "infonce_supervised": lambda s, t, label: InfoNCEFeatureLoss(8, 16, supervised=True)(s, t, label=label),
+    "mse": lambda s, t, label: FeatureMSELoss(8, 16)(s, t),
+    "pmd": lambda s, t, label: PredictionMapDistillation()(s[:, :1], t[:, :1]),
+    "cwd": lambda s, t, label: ChannelWiseDistillation()(s[:, :1], t[:, :1]),
+    "dist": lambda s, t, label: InterPixelCorrelation()(s[:, :1], t[:, :1]),
+    "region_affinity": lambda s, t, label: RegionAffinityLoss()(s, t, label),
+    "pixel_region_affinity": lambda s, t, label: PixelRegionAffinityLoss()(s, t, label),
+    "importance_map": lambda s, t, label: ImportanceMapLoss()(s, t),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES_ON_TEACHER))
+def test_no_gradient_reaches_a_teacher_tensor_that_requires_grad(name):
+    """The engine computes the teacher under no_grad; each loss must still detach it on its own."""
+    student = torch.randn(2, 8, 16, 16, requires_grad=True)
+    teacher = torch.randn(2, 16, 8, 8, requires_grad=True)
+    LOSSES_ON_TEACHER[name](student, teacher, _spleen_label(size=16, rows=slice(4, 10), cols=slice(3, 9))).backward()
+    assert teacher.grad is None
+    assert student.grad.abs().sum() > 0
 
 
 # --------------------------------------------------------------------------- composition
