@@ -140,6 +140,29 @@ def test_largest_component_is_monais_largest_component(totalseg_dir):
     assert 0 < expected.sum() < masks[-1].sum()  # the speckle mask did lose its small components
 
 
+def test_resized_is_monais_resized_with_anti_aliasing(totalseg_dir):
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+    from monai.transforms import Resized as MonaiResized, ScaleIntensityRanged
+
+    from bundle.inference import Resized
+
+    load = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image"),
+                    ScaleIntensityRanged("image", -57, 164, 0.0, 1.0, clip=True)])
+    data = load({"image": str(totalseg_dir / "example_ct.nii.gz")})  # 122×101×112
+    for kwargs in ({"mode": "trilinear", "anti_aliasing": True}, {"mode": "trilinear", "anti_aliasing": True,
+                                                                 "anti_aliasing_sigma": 0.8},
+                   {"mode": "area"}):
+        for size in ([48, 40, -1], [48, 200, 50]):  # downsampling in-plane; and mixed
+            expected = MonaiResized("image", size, **kwargs)(dict(data))
+            fast_resized = Resized("image", size, **kwargs)
+            fast = fast_resized(dict(data))
+            assert fast["image"].shape == expected["image"].shape
+            assert (fast["image"] - expected["image"]).abs().max().item() <= 1e-5, kwargs
+            for field in ("orig_size", "extra_info"):
+                assert fast["image"].applied_operations[-1][field] == expected["image"].applied_operations[-1][field]
+            assert fast_resized.inverse(fast)["image"].shape == data["image"].shape
+
+
 def test_fast_gzip_reads_and_writes_the_images_nibabel_does(totalseg_dir, tmp_path, monkeypatch):
     pytest.importorskip("isal")
     ct_path = totalseg_dir / "example_ct_sm.nii.gz"
