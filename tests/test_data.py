@@ -14,6 +14,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from bundle.data.datalist import DataError, check_pairs, load_or_create_datalist, read_pairs, split_by_volume
 from bundle.data.download import download_msd_spleen
@@ -281,6 +282,61 @@ def test_real_dicom_series_against_its_label(totalseg_dir):
     assert case["shape"] == (512, 512, 20) and case["spleen_voxels"] > 0
     assert case["spacing"] == pytest.approx((0.9766, 0.9766, 2.0), abs=1e-3)
     assert case["orientation"] == "LPS"  # ITK's DICOM grid; the label NIfTI is LAS, RAS reorientation aligns them
+
+
+# Preprocessing (configs/common.json#preprocessing_3d), on volumes whose answer is known
+
+
+def _preprocess(case: dict, slice_size: int) -> dict:
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).resolve().parents[1] / "configs/common.json"))
+    parser["slice_size"] = slice_size
+    return Compose(parser.get_parsed_content("preprocessing_3d"))(case)
+
+
+def _hu_volume(tmp_path, name, hu, affine=None):
+    path = tmp_path / f"{name}.nii.gz"
+    nib.save(nib.Nifti1Image(hu.astype(np.int16), np.eye(4) if affine is None else affine), path)
+    return str(path)
+
+
+def test_hu_window_maps_its_ends_to_0_and_1_and_clips_without_volume_max_scaling(tmp_path):
+    hu = np.full((16, 16, 4), 40, dtype=np.int16)
+    hu[0, :4, 0] = [-57, 164, -1000, 53]  # window ends, air, a soft-tissue value
+    label = np.zeros_like(hu, dtype=np.uint8)
+    label[4:8, 4:8, :] = 1
+    case = {"image": _hu_volume(tmp_path, "ct", hu), "label": _hu_volume(tmp_path, "seg", label)}
+    image = _preprocess(case, slice_size=16)["image"][0]
+    assert image[0, :4, 0].tolist() == pytest.approx([0.0, 1.0, 0.0, (53 + 57) / 221], abs=1e-6)
+    assert image.max().item() == pytest.approx(1.0) and image.min().item() == pytest.approx(0.0)
+    bright = hu.copy()
+    bright[15, 15, 3] = 3000  # metal: clipped to 1, and nothing else changes (no scaling by the volume max)
+    case["image"] = _hu_volume(tmp_path, "ct_metal", bright)
+    with_metal = _preprocess(case, slice_size=16)["image"][0]
+    assert with_metal[15, 15, 3].item() == pytest.approx(1.0)
+    with_metal[15, 15, 3] = image[15, 15, 3]
+    assert torch.equal(with_metal, image)
+
+
+def test_a_non_ras_input_ends_in_ras(tmp_path):
+    ras = np.zeros((12, 10, 4), dtype=np.int16)
+    ras[8:11, 1:3, 1] = 164  # near +x (right) and -y (posterior) in RAS voxel order
+    lps = np.ascontiguousarray(ras[::-1, ::-1])
+    lps_affine = np.diag([-2.0, -2.0, 3.0, 1.0])
+    lps_affine[:2, 3] = (11 * 2.0, 9 * 2.0)  # voxel (0, 0) of the LPS file is voxel (11, 9) of the RAS grid
+    assert nib.aff2axcodes(lps_affine) == ("L", "P", "S")
+    label = (lps > 0).astype(np.uint8)
+    out = _preprocess({"image": _hu_volume(tmp_path, "lps", lps, lps_affine),
+                       "label": _hu_volume(tmp_path, "lps_seg", label, lps_affine)}, slice_size=12)
+    image, seg = out["image"], out["label"]
+    assert nib.aff2axcodes(np.asarray(image.affine)) == ("R", "A", "S")
+    expected = torch.nn.functional.interpolate(torch.tensor(ras > 0, dtype=torch.float32)[None, None],
+                                               size=(12, 12, 4), mode="nearest-exact")[0, 0]
+    assert torch.equal(seg[0] > 0.5, expected > 0.5)
+    assert (image[0] > 0.5).sum() > 0 and torch.equal(image[0] > 0.5, seg[0] > 0.5)
 
 
 # Download, against a real HTTP server on loopback

@@ -59,6 +59,26 @@ def test_training_writes_the_checkpoints_each_workflow_promises(trained):
     assert hashlib.sha256((root / "models/teacher/model.pt").read_bytes()).hexdigest() == teacher_hash
 
 
+def test_a_kd_run_trains_the_distillation_heads(trained, tmp_path, monkeypatch):
+    """The heads must be in the optimizer: every parameter of the composite loss moves in one epoch."""
+    from monai.bundle import ConfigWorkflow
+
+    root, common, _ = trained
+    monkeypatch.chdir(REPO)
+    (tmp_path / "models/teacher").mkdir(parents=True)
+    (tmp_path / "models/teacher/model.pt").write_bytes((root / "models/teacher/model.pt").read_bytes())
+    overrides = {**common, "bundle_root": str(tmp_path), "epochs": 1, "val_interval": 100}
+    workflow = ConfigWorkflow(config_file="configs/kd.json", meta_file="configs/metadata.json", logging_file=False,
+                              workflow_type="train", run_id="training", **overrides)
+    workflow.initialize()
+    heads = workflow.parser.get_parsed_content("loss")
+    before = {name: p.detach().clone() for name, p in heads.named_parameters()}
+    assert any(".student_head" in name for name in before) and any(".teacher_head" in name for name in before)
+    workflow.run()
+    unchanged = [name for name, p in heads.named_parameters() if torch.equal(p.detach(), before[name])]
+    assert not unchanged
+
+
 def test_splits_are_shared_by_every_workflow(trained):
     root, _, _ = trained
     split = json.loads((root / "datalist.json").read_text())
@@ -81,6 +101,7 @@ def test_mlflow_records_every_loss_term_and_the_run_definition(trained):
     assert row["params.train_split"] == "student_train" and row["params.student_fraction"] == "0.5"
     for metric in ("loss", "loss_seg", "loss_infonce_encoder", "loss_pmd", "val_mean_dice", "val_surface_dice"):
         assert np.isfinite(row[f"metrics.{metric}"]), metric
+    assert row["metrics.loss_pmd"] > 0  # a softmax over the single logit channel would log exactly 0
 
 
 def test_evaluation_writes_per_volume_metrics_and_a_summary(trained):
