@@ -1,14 +1,29 @@
-"""Speed and cost of every network, side by side in one run; medians of several repeats.
+"""Speed and cost of every network and of ``configs/inference.json`` end to end, in one run.
 
-    python scripts/benchmark.py --json eval/benchmark.json
+    python scripts/benchmark.py --json eval/benchmark.json [--cli] [--int8]
 
-Per model (T1, T2, S1, S2, S1-fast at paper widths) and slice size (256, 512): parameters, FLOPs
-per slice, slices/s for torch eager, torch with inference optimisations (inference_mode +
-channels_last, optionally torch.compile) and ONNX Runtime, and the peak resident memory of a
-process that only runs that model. Then the seconds to segment a 512×512×100 CT volume end to end
-with ``configs/inference.json`` (load, preprocess, slice-by-slice inference, inversion to the input
-space, largest component, save), and the training side: iterations/s of a plain student step vs a
-KD step (teacher computed, and teacher cached). CUDA is measured too when present.
+Writes one JSON (schema below) and a markdown table beside it (``.md``), and prints the table.
+
+    {"schema": 2,
+     "hardware": {"cpu", "cores_visible", "threads", "torch", "onnxruntime", "monai", "gpu",
+                  "load_average_before", "load_average_after"},
+     "models": [{"model", "backend", "device", "size", "batch", "params", "flops_per_slice",
+                 "slices_per_s", "peak_rss_mb"}],          # one row per model × backend × size
+     "volume": {"<model>[ int8]": {"backend", "shape", "weights", "foreground_fraction", "total_s",
+                                    "stages_s": {"read", "preprocess", "model", "invert", "postprocess", "write"}}},
+     "ratios": {"S1/T1", "S1-fast/T1", "backend", "size", "basis"},   # same backend, same run
+     "cli": {"command", "wall_s", "user_s", "sys_s"},                  # with --cli
+     "training": [...]}                                               # unless --no_training
+
+Backends: ``torch`` (eager, ``no_grad``), ``onnx`` (ONNX Runtime fp32, what ``inference.json`` uses on
+a CPU), ``onnx-int8`` (static int8 calibrated on real CT, students, with ``--int8``); on CUDA
+``torch`` and ``torch-amp``. Every model row runs in its own process, so its peak RSS is its own.
+Volume: a 512×512×100 CT made from the real fixture CT (upsampled, with noise; synthetic random
+HU if the fixture is absent), segmented by the workflow of ``configs/inference.json`` with the
+default backend; ``total_s`` is ``evaluator.run()`` in a process that has already loaded
+everything (the median of ``--repeats``), ``stages_s`` the same transforms timed one by one.
+Weights are random unless ``--checkpoint S1=path.pt`` is given: speed does not depend on them,
+except the largest-component step, which sees a larger foreground (``foreground_fraction``).
 """
 
 from __future__ import annotations
@@ -17,7 +32,9 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,15 +51,20 @@ MODELS = {
     "S1-fast": ("FeatureUNet", dict(channels=[16, 32], bottleneck=64, convs_per_block=1, stem_stride=2)),
 }
 TEACHERS = ("T1", "T2")
+STUDENTS = ("S1", "S2", "S1-fast")
+FIXTURE_CT = ROOT.parent / "shared" / "data" / "totalseg_ct" / "example_ct.nii.gz"
+STAGES = ("read", "preprocess", "model", "invert", "postprocess", "write")
+
+
+def network_def(name: str, size: int) -> dict:
+    cls, kwargs = MODELS[name]
+    return {"_target_": f"bundle.networks.{cls}", **kwargs, **({"img_size": size} if cls == "MultiTaskUNETR" else {})}
 
 
 def build(name: str, size: int):
-    import bundle.networks as networks
+    from monai.bundle import ConfigParser
 
-    cls, kwargs = MODELS[name]
-    if cls == "MultiTaskUNETR":
-        kwargs = {**kwargs, "img_size": size}
-    return getattr(networks, cls)(**kwargs)
+    return ConfigParser(network_def(name, size)).get_parsed_content()
 
 
 def _median_seconds(fn, repeats: int, warmup: int = 1) -> float:
@@ -56,54 +78,51 @@ def _median_seconds(fn, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
-def measure_model(name: str, size: int, batch: int, repeats: int, device: str, use_compile: bool) -> dict:
-    """Runs in its own process so that its peak memory is its own."""
-    import resource
+def calibration_slices(size: int):
+    from bundle.quantize import calibration_slices as slices
 
+    if not FIXTURE_CT.is_file():
+        raise SystemExit(f"--int8 calibrates on the real CT fixture, which is not at {FIXTURE_CT}.")
+    return slices([FIXTURE_CT], slice_size=size, max_slices=64)
+
+
+def measure_model(name: str, backend: str, size: int, batch: int, repeats: int) -> dict:
+    """Slices/s of one model on one backend; runs in its own process so that its peak memory is its own."""
     import torch
 
+    from bundle.inference import export_onnx, use_threads
     from bundle.metrics import flops_per_slice
     from bundle.networks import count_parameters
 
+    device = "cuda" if backend.endswith("cuda") else "cpu"
+    threads = use_threads()
     torch.manual_seed(0)
-    network = build(name, size).eval().to(device)
-    x = torch.rand(batch, 1, size, size, device=device)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    result = {"model": name, "size": size, "device": device, "batch": batch,
-              "params": count_parameters(network), "flops_per_slice": flops_per_slice(network, size)}
+    network = build(name, size).eval()
+    x = torch.rand(batch, 1, size, size)
+    result = {"model": name, "backend": backend, "device": device, "size": size, "batch": batch,
+              "params": count_parameters(network), "flops_per_slice": flops_per_slice(network, size), "threads": threads}
+    if backend.startswith("torch"):
+        network, x = network.to(device), x.to(device)
+        sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
-    def eager():
-        with torch.no_grad():
-            network(x)
-        sync()
-
-    result["eager_slices_per_s"] = batch / _median_seconds(eager, repeats)
-
-    optimized = network.to(memory_format=torch.channels_last)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
-    if use_compile:
-        optimized = torch.compile(optimized)
-
-    def fast():
-        with torch.inference_mode(), torch.autocast(device, enabled=device == "cuda"):
-            optimized(x_cl)
-        sync()
-
-    result["optimized_slices_per_s"] = batch / _median_seconds(fast, repeats, warmup=2 if use_compile else 1)
-    result["optimized"] = "inference_mode+channels_last" + ("+compile" if use_compile else "") + (
-        "+amp" if device == "cuda" else "")
-
-    if device == "cpu":
-        import onnxruntime as ort
+        def run():
+            with torch.no_grad(), torch.autocast(device, enabled="amp" in backend):
+                network(x)
+            sync()
+    else:
+        from bundle.deploy import OnnxRuntimeNetwork
 
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"{name}.onnx"
-            torch.onnx.export(network.to(memory_format=torch.contiguous_format), (x[:1],), str(path),
-                              input_names=["x"], output_names=["logits"],
-                              dynamic_axes={"x": {0: "batch"}}, dynamo=False)
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            array = x.numpy()
-            result["onnxruntime_slices_per_s"] = batch / _median_seconds(lambda: session.run(None, {"x": array}), repeats)
+            path = export_onnx(network, Path(tmp) / "model.onnx", size, key="benchmark")
+            if backend == "onnx-int8":
+                from bundle.quantize import quantize_int8
+
+                path = quantize_int8(path, Path(tmp) / "model.int8.onnx", calibration_slices(size))
+            session = OnnxRuntimeNetwork(path, threads=threads)
+
+        def run():
+            session(x)
+    result["slices_per_s"] = batch / _median_seconds(run, repeats)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device == "cuda":
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -117,47 +136,110 @@ def _in_child(fn, *args):
         return pool.apply(fn, args)
 
 
-def _idle_rss_mb() -> float:
-    import resource
-
-    import torch  # noqa: F401  (the baseline includes torch, as every measurement does)
-
-    import bundle  # noqa: F401
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def volume_seconds(models: list[str], shape=(512, 512, 100), repeats: int = 3) -> list[dict]:
-    """End-to-end ``configs/inference.json`` on a synthetic CT volume, per model (random weights: the
-    work done is the same whatever the weights, except the largest-component step)."""
+def make_ct(path: Path, shape=(512, 512, 100)) -> Path:
+    """A CT of ``shape`` in HU (int16): the real fixture CT upsampled, plus noise, so that it compresses
+    like a CT; random HU in a body outline when the fixture is absent."""
     import nibabel as nib
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(0)
+    if FIXTURE_CT.is_file():
+        source = torch.from_numpy(np.asarray(nib.load(FIXTURE_CT).dataobj, dtype=np.float32))[None, None]
+        volume = F.interpolate(source, size=shape, mode="trilinear", align_corners=False)[0, 0].numpy()
+        volume += rng.normal(0, 15, size=shape).astype(np.float32)
+    else:
+        x, y = np.mgrid[:shape[0], :shape[1]]
+        body = ((x - shape[0] / 2) / (0.43 * shape[0])) ** 2 + ((y - shape[1] / 2) / (0.31 * shape[1])) ** 2 < 1
+        volume = np.where(body[..., None], rng.normal(40, 30, shape), -1000)
+    nib.save(nib.Nifti1Image(np.clip(volume, -1024, 3071).astype(np.int16), np.diag([0.8, 0.8, 2.0, 1.0])), path)
+    return path
+
+
+def _stage(transform, before_model: bool) -> str:
+    name = type(transform).__name__
+    if name == "LoadImaged":
+        return "read"
+    if name == "SaveImaged":
+        return "write"
+    if name == "Invertd":
+        return "invert"
+    return "preprocess" if before_model else "postprocess"
+
+
+def volume_seconds(name: str, image: Path, tmp: Path, repeats: int, checkpoint: str | None, int8: bool) -> dict:
+    """``configs/inference.json`` on ``image``: the evaluator's total and every stage, in this (loaded) process."""
     import numpy as np
     import torch
     from monai.bundle import ConfigWorkflow
 
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        rng = np.random.default_rng(0)
-        volume = rng.normal(40, 30, size=shape).astype(np.int16)
-        image = Path(tmp) / "ct_512x512x100.nii.gz"
-        nib.save(nib.Nifti1Image(volume, np.diag([0.8, 0.8, 2.0, 1.0])), image)
-        for name in models:
-            cls, kwargs = MODELS[name]
-            ckpt = Path(tmp) / f"{name}.pt"
-            torch.manual_seed(0)
-            torch.save(build(name, 256).state_dict(), ckpt)
-            workflow = ConfigWorkflow(config_file=str(ROOT / "configs/inference.json"), workflow_type="infer",
-                                      meta_file=str(ROOT / "configs/metadata.json"), logging_file=False,
-                                      input_files=[str(image)], ckpt_path=str(ckpt), output_dir=str(Path(tmp) / name),
-                                      network_def={"_target_": f"bundle.networks.{cls}", **kwargs,
-                                                   **({"img_size": 256} if cls == "MultiTaskUNETR" else {})},
-                                      device="cpu", amp=False)
-            workflow.initialize()
-            evaluator = workflow.parser.get_parsed_content("evaluator")
-            seconds = _median_seconds(evaluator.run, repeats=repeats if name not in TEACHERS else 1, warmup=0)
-            results.append({"model": name, "volume": "x".join(map(str, shape)), "seconds": seconds,
-                            "slice_size": 256, "largest_component": True})
-    return results
+    ckpt = Path(checkpoint) if checkpoint else tmp / f"{name}.pt"
+    if not checkpoint:
+        torch.manual_seed(0)
+        torch.save(build(name, 256).state_dict(), ckpt)
+    out_dir = tmp / f"out-{name}{'-int8' if int8 else ''}"
+    overrides = {"input_files": [str(image)], "ckpt_path": str(ckpt), "output_dir": str(out_dir),
+                 "network_def": network_def(name, 256), "onnx_path": str(tmp / f"{name}.onnx")}
+    if int8:
+        from bundle.inference import serving_network
+        from bundle.quantize import quantize_int8
+
+        serving_network(build(name, 256), ckpt, "onnx", tmp / f"{name}.onnx")
+        overrides["onnx_path"] = str(quantize_int8(tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx", calibration_slices(256)))
+    workflow = ConfigWorkflow(config_file=str(ROOT / "configs/inference.json"), workflow_type="infer",
+                              meta_file=str(ROOT / "configs/metadata.json"), logging_file=False, **overrides)
+    workflow.initialize()
+    parser = workflow.parser
+    network, inferer = parser.get_parsed_content("network"), parser.get_parsed_content("inferer")
+    preprocessing, postprocessing = parser.get_parsed_content("preprocessing"), parser.get_parsed_content("postprocessing")
+    evaluator = parser.get_parsed_content("evaluator")
+    evaluator.run()  # warm-up (and ONNX export)
+    runs = repeats if name not in TEACHERS else 1
+    total = _median_seconds(evaluator.run, runs, warmup=0)
+    stage_runs = []
+    for _ in range(runs):
+        seconds = dict.fromkeys(STAGES, 0.0)
+        data = {"image": str(image)}
+        for transform in preprocessing.transforms:
+            start = time.perf_counter()
+            data = transform(data)
+            seconds[_stage(transform, True)] += time.perf_counter() - start
+        start = time.perf_counter()
+        with torch.no_grad():
+            data["pred"] = inferer(data["image"][None], network)[0]
+        seconds["model"] += time.perf_counter() - start
+        for transform in postprocessing.transforms:
+            start = time.perf_counter()
+            data = transform(data)
+            seconds[_stage(transform, False)] += time.perf_counter() - start
+        stage_runs.append(seconds)
+    precision = getattr(network, "precision", None)
+    return {"model": name, "backend": "torch" if precision is None else "onnx" if precision == "fp32" else f"onnx-{precision}",
+            "shape": "x".join(map(str, np.asarray(data["pred"]).shape[1:])),
+            "weights": str(checkpoint) if checkpoint else "random",
+            "foreground_fraction": float(np.asarray(data["pred"]).mean()), "total_s": total,
+            "stages_s": {k: statistics.median(run[k] for run in stage_runs) for k in STAGES}}
+
+
+def cli_seconds(image: Path, ckpt: Path, out_dir: Path, repeats: int) -> dict:
+    """Wall, user and system seconds of the one-volume command a user types (fresh process each time)."""
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+               "--input_files", str(image), "--ckpt_path", str(ckpt), "--output_dir", str(out_dir),
+               "--onnx_path", str(ckpt.with_suffix(".onnx"))]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)  # exports the ONNX model once
+    walls, users, systems = [], [], []
+    for _ in range(repeats):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+        walls.append(time.perf_counter() - start)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        users.append(after.ru_utime - before.ru_utime)
+        systems.append(after.ru_stime - before.ru_stime)
+    shown = f"python -m monai.bundle run --config_file configs/inference.json --input_files {image.name}"
+    return {"command": shown, "runs": repeats, "wall_s": statistics.median(walls), "user_s": statistics.median(users),
+            "sys_s": statistics.median(systems)}
 
 
 def training_steps(device: str, iterations: int = 20, size: int = 96, batch: int = 16) -> dict:
@@ -205,24 +287,55 @@ def training_steps(device: str, iterations: int = 20, size: int = 96, batch: int
             "kd_cached_over_student": result["student"] / result["kd_cached"]}
 
 
+def hardware() -> dict:
+    import monai
+    import onnxruntime
+    import torch
+
+    from bundle.inference import available_cores
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores_visible": available_cores(), "threads": available_cores(), "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "monai": monai.__version__,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "load_average_before": list(os.getloadavg())}
+
+
+def ratios(report: dict, size: int, backend: str) -> dict:
+    rows = {r["model"]: r for r in report["models"] if r["size"] == size and r["backend"] == backend}
+    out = {"backend": backend, "size": size, "basis": "slices/s, same backend, same run"}
+    for student in ("S1", "S1-fast"):
+        if student in rows and "T1" in rows:
+            out[f"{student}/T1"] = rows[student]["slices_per_s"] / rows["T1"]["slices_per_s"]
+    return out
+
+
 def markdown(report: dict) -> str:
     from bundle.report import markdown_table
 
-    rows = []
-    for r in report["models"]:
-        rows.append([r["model"], r["device"], r["size"], f"{r['params']:,}", f"{r['flops_per_slice'] / 1e9:.2f}",
-                     f"{r['eager_slices_per_s']:.1f}", f"{r['optimized_slices_per_s']:.1f}",
-                     f"{r.get('onnxruntime_slices_per_s', float('nan')):.1f}", f"{r['peak_rss_mb']:.0f}"])
-    text = [f"Hardware: {report['hardware']}", "",
-            markdown_table(["model", "device", "slice", "params", "GFLOPs/slice", "eager slices/s",
-                            "optimized slices/s", "ONNX Runtime slices/s", "peak RSS MB"], rows), "",
-            f"Idle process (python + torch + bundle): {report['idle_rss_mb']:.0f} MB RSS.", ""]
-    for speed in report.get("speedups", []):
-        text.append(f"- {speed}")
+    hw = report["hardware"]
+    text = [f"Hardware: {hw['cpu']}, {hw['cores_visible']} cores visible, {hw['threads']} threads; torch {hw['torch']}, "
+            f"ONNX Runtime {hw['onnxruntime']}, MONAI {hw['monai']}" + (f", GPU {hw['gpu']}" if hw["gpu"] else ", no GPU")
+            + f". Load average (1, 5, 15 min) before: {', '.join(f'{v:.2f}' for v in hw['load_average_before'])}; after: "
+            f"{', '.join(f'{v:.2f}' for v in hw['load_average_after'])}.", ""]
+    rows = [[r["model"], r["backend"], r["size"], f"{r['params']:,}", f"{r['flops_per_slice'] / 1e9:.2f}",
+             f"{r['slices_per_s']:.1f}", f"{r['peak_rss_mb']:.0f}"] for r in report["models"]]
+    text += [markdown_table(["model", "backend", "slice", "params", "GFLOPs/slice", "slices/s", "peak RSS MB"], rows), ""]
+    ratio = report["ratios"]
+    text += [f"- {k}: {v:.1f}× the slices/s ({ratio['backend']}, {ratio['size']}²)" for k, v in ratio.items() if "/" in k and k != "basis"]
     text.append("")
-    text.append(markdown_table(["model", "volume", "seconds end to end"],
-                               [[v["model"], v["volume"], f"{v['seconds']:.2f}"] for v in report["volume"]]))
-    for t in report["training"]:
+    rows = [[name, v["backend"], v["shape"], f"{v['total_s']:.2f}", *(f"{v['stages_s'][s]:.2f}" for s in STAGES),
+             f"{v['foreground_fraction']:.2f}"] for name, v in report["volume"].items()]
+    text.append(markdown_table(["model", "backend", "volume", "total s", *STAGES, "mask fraction"], rows))
+    if "cli" in report:
+        cli = report["cli"]
+        text += ["", f"`{cli['command']}` (S1, fresh process): {cli['wall_s']:.2f} s wall, {cli['user_s']:.2f} s user, "
+                     f"{cli['sys_s']:.2f} s system (median of {cli['runs']})."]
+    for t in report.get("training", []):
         text += ["", f"Training step ({t['device']}, {t['slice_size']}², batch {t['batch']}): student "
                      f"{t['student_it_per_s']:.2f} it/s, KD {t['kd_it_per_s']:.2f} it/s "
                      f"({t['kd_over_student']:.2f}× the student step), KD with cached teacher "
@@ -234,42 +347,55 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", required=True, help="output JSON; a markdown table is written beside it (.md)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[256])
+    parser.add_argument("--backends", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--compile", action="store_true", help="also torch.compile the optimized path")
-    parser.add_argument("--volume_models", nargs="+", default=["S1", "S1-fast", "T1"])
+    parser.add_argument("--volume_models", nargs="+", default=["S1", "S1-fast", "T1"], choices=list(MODELS))
+    parser.add_argument("--volume_shape", nargs=3, type=int, default=[512, 512, 100])
+    parser.add_argument("--checkpoint", nargs="*", default=[], metavar="MODEL=PATH",
+                        help="trained weights for a volume model (random otherwise)")
+    parser.add_argument("--int8", action="store_true", help="also int8 ONNX Runtime for the students")
+    parser.add_argument("--cli", action="store_true", help="also time the one-volume command line (S1)")
+    parser.add_argument("--no_training", action="store_true", help="skip the training-step figures")
     args = parser.parse_args(argv)
+    checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
 
     import torch
 
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    report = {"hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores visible, "
-                          f"torch {torch.__version__} using {torch.get_num_threads()} threads"
-                          + (f", {torch.cuda.get_device_name()}" if "cuda" in devices else ""),
-              "idle_rss_mb": _in_child(_idle_rss_mb), "models": []}
-    for device in devices:
-        for size in args.sizes:
-            for name in args.models:
-                batch = 2 if name in TEACHERS and device == "cpu" else 8
-                repeats = max(2, args.repeats // 2) if name in TEACHERS and device == "cpu" else args.repeats
-                result = _in_child(measure_model, name, size, batch, repeats, device, args.compile)
+    report = {"schema": 2, "hardware": hardware(), "models": [], "volume": {}}
+    backends = list(args.backends) + (["torch-cuda", "torch-amp-cuda"] if torch.cuda.is_available() else [])
+    for size in args.sizes:
+        for name in args.models:
+            for backend in backends + (["onnx-int8"] if args.int8 and name in STUDENTS else []):
+                batch = 2 if name in TEACHERS and "cuda" not in backend else 16
+                repeats = max(2, args.repeats // 2) if name in TEACHERS else args.repeats
+                result = _in_child(measure_model, name, backend, size, batch, repeats)
                 report["models"].append(result)
                 print(json.dumps(result), flush=True)
-    speedups = []
-    for device in devices:
-        for size in args.sizes:
-            by_name = {r["model"]: r for r in report["models"] if r["device"] == device and r["size"] == size}
-            for student in ("S1", "S1-fast"):
-                if student in by_name and "T1" in by_name:
-                    best = max(by_name[student].get(k, 0) for k in ("eager_slices_per_s", "optimized_slices_per_s",
-                                                                      "onnxruntime_slices_per_s"))
-                    teacher = max(by_name["T1"].get(k, 0) for k in ("eager_slices_per_s", "optimized_slices_per_s",
-                                                                     "onnxruntime_slices_per_s"))
-                    speedups.append(f"{student} vs T1 ({device}, {size}²), best backend each: {best / teacher:.1f}× "
-                                    f"the slices/s")
-    report["speedups"] = speedups
-    report["volume"] = volume_seconds(args.volume_models)
-    report["training"] = [training_steps(device) for device in devices]
+    report["ratios"] = ratios(report, args.sizes[0], "onnx" if "onnx" in args.backends else args.backends[0])
+    from bundle.inference import use_fast_gzip, use_threads
+
+    use_threads()
+    use_fast_gzip()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        image = make_ct(tmp / f"ct_{'x'.join(map(str, args.volume_shape))}.nii.gz", tuple(args.volume_shape))
+        for name in args.volume_models:
+            report["volume"][name] = volume_seconds(name, image, tmp, args.repeats, checkpoints.get(name), False)
+            print(json.dumps(report["volume"][name]), flush=True)
+        if args.int8:
+            for name in [n for n in args.volume_models if n in STUDENTS]:
+                report["volume"][f"{name} int8"] = volume_seconds(name, image, tmp, args.repeats, checkpoints.get(name), True)
+                print(json.dumps(report["volume"][f"{name} int8"]), flush=True)
+        if args.cli:
+            ckpt = Path(checkpoints["S1"]) if "S1" in checkpoints else tmp / "S1.pt"
+            if not ckpt.is_file():
+                torch.manual_seed(0)
+                torch.save(build("S1", 256).state_dict(), ckpt)
+            report["cli"] = cli_seconds(image, ckpt, tmp / "out-cli", max(1, args.repeats // 2))
+    if not args.no_training:
+        report["training"] = [training_steps(device) for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])]
+    report["hardware"]["load_average_after"] = list(os.getloadavg())
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

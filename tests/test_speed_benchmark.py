@@ -1,0 +1,31 @@
+"""scripts/benchmark.py writes its documented schema, with ratios from the same backend and run."""
+
+import json
+import subprocess
+import sys
+
+
+def test_benchmark_writes_the_documented_schema(tmp_path, request):
+    out = tmp_path / "bench.json"
+    subprocess.run([sys.executable, "scripts/benchmark.py", "--json", str(out), "--models", "S1", "T1",
+                    "--backends", "onnx", "--sizes", "64", "--repeats", "1", "--volume_models", "S1-fast", "--volume_shape", "96", "96", "6",
+                    "--no_training"], cwd=request.config.rootpath, check=True, capture_output=True)
+    report = json.loads(out.read_text())
+    assert {"cpu", "cores_visible", "threads", "torch", "onnxruntime", "load_average_before",
+            "load_average_after"} <= set(report["hardware"])
+    rows = {(r["model"], r["backend"]): r for r in report["models"]}
+    assert set(rows) == {("S1", "onnx"), ("T1", "onnx")}
+    for row in rows.values():
+        assert {"model", "backend", "size", "params", "flops_per_slice", "slices_per_s", "peak_rss_mb"} <= set(row)
+        assert row["slices_per_s"] > 0 and row["peak_rss_mb"] > 0 and row["size"] == 64
+    assert rows[("S1", "onnx")]["params"] == 56849
+    assert rows[("T1", "onnx")]["flops_per_slice"] > 40 * rows[("S1", "onnx")]["flops_per_slice"]
+    ratios = report["ratios"]
+    assert ratios["backend"] == "onnx"
+    assert ratios["S1/T1"] == rows[("S1", "onnx")]["slices_per_s"] / rows[("T1", "onnx")]["slices_per_s"]
+    volume = report["volume"]["S1-fast"]
+    assert volume["backend"] == "onnx" and volume["shape"] == "96x96x6"
+    assert set(volume["stages_s"]) == {"read", "preprocess", "model", "invert", "postprocess", "write"}
+    assert all(v >= 0 for v in volume["stages_s"].values()) and volume["total_s"] > 0
+    table = out.with_suffix(".md").read_text()
+    assert "S1/T1" in table and "Load average" in table
