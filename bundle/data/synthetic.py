@@ -244,7 +244,8 @@ def _draw_acquisition(rng: np.random.Generator, source: SourceAnatomy, inplane_s
 def _warp(rng: np.random.Generator, source: SourceAnatomy, acq: Acquisition, coarse_step: int = 8) -> tuple:
     """Nearest-neighbour samples of the source labels and body distance on the output grid."""
     coarse = [max(2, -(-n // coarse_step) + 1) if i < 2 else n for i, n in enumerate(acq.shape)]
-    axes = [np.linspace(-(n - 1) / 2, (n - 1) / 2, c) * s for n, c, s in zip(acq.shape, coarse, acq.spacing, strict=True)]
+    axes = [np.linspace(-(n - 1) / 2, (n - 1) / 2, c) * s
+            for n, c, s in zip(acq.shape, coarse, acq.spacing, strict=True)]
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)  # output offsets in mm
     points = grid @ acq.matrix.T + acq.centre_mm
     elastic = torch.stack([_smooth_field(rng, coarse, acq.spacing * np.array(acq.shape) / coarse, acq.elastic_scale_mm)
