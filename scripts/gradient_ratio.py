@@ -15,11 +15,16 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
+import sys
 from pathlib import Path
 
-import torch
-from monai.bundle import ConfigParser
-from monai.utils import set_determinism
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+from monai.bundle import ConfigParser  # noqa: E402
+from monai.utils import set_determinism  # noqa: E402
 
 TERMS = ("pmd", "cwd", "dist", "infonce_encoder", "infonce_bottleneck", "infonce_decoder", "mse_encoder")
 
@@ -65,6 +70,10 @@ def main(argv=None) -> dict:
     cli.add_argument("--batches", type=int, default=6)
     cli.add_argument("--json", help="write the ratios here")
     args = cli.parse_args(argv)
+    for key in ("teacher_ckpt", "dataset_dir", "datalist_file", "json"):
+        if getattr(args, key):
+            setattr(args, key, os.path.abspath(getattr(args, key)))
+    os.chdir(ROOT)
     files = ast.literal_eval(args.config_file) if args.config_file.startswith("[") else [args.config_file]
     parser = ConfigParser()
     parser.read_config(files)
