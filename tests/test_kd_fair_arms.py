@@ -68,7 +68,7 @@ def _trace(config: str, overrides: dict) -> dict:
         seen["optimizer"] = (type(optimizer).__name__,
                              {k: v for k, v in optimizer.param_groups[0].items() if k != "params"})
         seen["schedule"] = (trainer.state.max_epochs, trainer.state.epoch_length,
-                            parser.get_parsed_content("val_interval"), parser.get("validate#handlers")[-1])
+                            parser.get_parsed_content("val_interval"), parser.get("best_model_saver"))
         seen["student_terms"] = parser.get("loss_terms#seg#loss") if config == "kd" else parser.get(
             "loss#terms#seg#loss")
         return seen
