@@ -215,3 +215,18 @@ def test_int8_model_segments_like_fp32(trained, ct, totalseg_dir, tmp_path, capl
     torch.save({k: v * 1.01 if v.is_floating_point() else v for k, v in network.state_dict().items()}, ckpt.parent / "other.pt")
     with pytest.raises(ValueError, match="int8 ONNX model .* another checkpoint.*Quantize again"):
         serving_network(FeatureUNet(**S1_FAST), ckpt.parent / "other.pt", "onnx", tmp_path / "model.int8.onnx")
+
+
+def test_inference_config_serves_on_onnx_runtime_by_default(trained, tmp_path, request, caplog):
+    """What a user and MONAI Label get from configs/inference.json without flags: ONNX Runtime on a CPU."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(request.config.rootpath / "configs" / "inference.json"))
+    parser.update({"ckpt_path": str(trained[1]), "onnx_path": str(tmp_path / "model.onnx"), "device": "$torch.device('cpu')",
+                   "network_def": {"_target_": "bundle.networks.FeatureUNet", **S1_FAST}, "slice_size": SIZE})
+    with caplog.at_level(logging.INFO, logger="bundle.inference"):
+        network = parser.get_parsed_content("network")
+    assert isinstance(network, OnnxRuntimeNetwork) and (tmp_path / "model.onnx").is_file()
+    assert "inference backend: onnxruntime" in caplog.text
+    assert isinstance(parser.get_parsed_content("inferer"), AxialSliceInferer)
