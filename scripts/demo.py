@@ -1,11 +1,13 @@
-"""The offline end-to-end demo: phantoms -> teacher -> baseline student -> KD student -> evaluation -> report.
+"""The offline end-to-end demo: synthetic CT -> teacher -> baseline student -> KD student -> evaluation -> report.
 
-    python scripts/demo.py --out demo_out
+    python scripts/demo.py --out demo_out                  # synthetic CT from real anatomy (docs/synthetic.md)
+    python scripts/demo.py --out demo_out --data phantoms  # the fast procedural phantoms instead
 
 Every stage runs the real bundle configs (``configs/*.json`` with the ``configs/demo.json``
 override) in this process and leaves a marker in ``OUT/stages/``; a rerun skips finished stages.
 If a Task09_Spleen folder (``dataset.json`` inside) is at ``--dataset_dir``, it is used instead of
-phantoms.
+generated data. Where the real CT fixtures are at hand (``../shared/data/totalseg_ct``), the three
+models are also scored on them (``scripts/evaluate_real.py``): transfer to scans never trained on.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from bundle.files import atomic_write_text  # noqa: E402
+from evaluate_real import REAL_CASES, evaluate_demo  # noqa: E402
 
 STAGES = ("teacher", "student", "kd")
 CONFIGS = {"teacher": "configs/teacher.json", "student": "configs/student.json", "kd": "configs/kd.json"}
@@ -111,6 +115,21 @@ def _figures(out: Path, extra: list[str], common: dict, slices: int = 4) -> list
     return figures
 
 
+def _real_ct_section(summary: dict) -> str:
+    """Markdown table of the per-volume Dice on the real CT fixtures, if they were scored."""
+    from bundle.report import markdown_table
+
+    if "real_ct" not in summary:
+        return ""
+    subjects = list(summary["real_ct"]["teacher"]["subjects"])
+    rows = [[name] + [f"{entry['subjects'][s]['dice']:.4f}" for s in subjects]
+            + [f"{entry['mean_dice']:.4f}", f"{entry['mean_dice_largest_component']:.4f}"]
+            for name, entry in summary["real_ct"].items()]
+    table = markdown_table(["model", *subjects, "mean", "mean, largest component"], rows)
+    return ("Transfer to real CT never trained on (per-volume 3D Dice; label maps resampled onto the image grid, "
+            f"scripts/evaluate_real.py):\n\n{table}\n\n")
+
+
 def _report(out: Path, summary: dict, data_note: str) -> None:
     from bundle.report import markdown_table
 
@@ -124,7 +143,7 @@ def _report(out: Path, summary: dict, data_note: str) -> None:
     gain = summary["kd_student"]["dice"] - summary["student"]["dice"]
     text = (f"# spleen-kd demo report\n\n{data_note}\n\nPer-volume 3D metrics on the test split "
             f"({summary['teacher']['volumes']} volumes; mean ± std; distances in mm).\n\n{table}\n\n"
-            f"KD gain over the baseline student: {gain:+.4f} Dice.\n\n"
+            f"KD gain over the baseline student: {gain:+.4f} Dice.\n\n{_real_ct_section(summary)}"
             "![overlays](overlays.png)\n\n![training curves](training_curves.png)\n")
     (out / "report.md").write_text(text)
 
@@ -133,8 +152,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (reruns reuse its finished stages)")
     parser.add_argument("--dataset_dir", default="data/Task09_Spleen",
-                        help="use this Task09_Spleen folder if it holds dataset.json; else make phantoms")
-    parser.add_argument("--cases", type=int, default=16, help="phantom volumes to make")
+                        help="use this Task09_Spleen folder if it holds dataset.json; else generate data (--data)")
+    parser.add_argument("--data", choices=["synthetic", "phantoms"], default="synthetic",
+                        help="offline training data: synthetic CT from real label maps, or procedural phantoms")
+    parser.add_argument("--cases", type=int, default=16, help="volumes to generate")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--config", action="append", default=[],
                         help="extra override config merged after configs/demo.json (repeatable)")
@@ -150,6 +171,14 @@ def main(argv: list[str] | None = None) -> dict:
     if msd.is_file():
         dataset_dir = str(Path(args.dataset_dir).resolve())
         data_note = f"Data: the Task09_Spleen folder at {dataset_dir} (real CT)."
+    elif args.data == "synthetic":
+        from bundle.data.synthetic import make_synthetic_dataset
+
+        dataset_dir = str(out / "synthetic")
+        if not (out / "synthetic" / "dataset.json").is_file():
+            make_synthetic_dataset(dataset_dir, cases=args.cases, seed=args.seed)
+        data_note = (f"Data: {args.cases} synthetic CT volumes (seed {args.seed}) generated from real label maps "
+                     f"(TotalSegmentator subjects s0001, s0004, s0006) in {dataset_dir}.")
     else:
         from bundle.data.phantoms import make_phantom_dataset
 
@@ -170,11 +199,17 @@ def main(argv: list[str] | None = None) -> dict:
                          "flops_per_slice": result["flops_per_slice"], "volumes": result["volumes"],
                          "metrics": result["metrics"]}
     summary["data"] = data_note
+    if all(image.exists() and label.exists() for image, label in REAL_CASES.values()):
+        summary["real_ct"] = _run_stage(out, "evaluate_real_ct", lambda: evaluate_demo(out, args.config), log)
+        summary["real_ct"].pop("seconds", None)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _figures(out, args.config, common)
     _report(out, summary, data_note)
     log(f"teacher Dice {summary['teacher']['dice']:.4f} | baseline student {summary['student']['dice']:.4f} | "
         f"KD student {summary['kd_student']['dice']:.4f}  -> {out / 'report.md'}")
+    if "real_ct" in summary:
+        log("real CT (mean Dice of the two fixtures): " + " | ".join(
+            f"{name} {entry['mean_dice']:.4f}" for name, entry in summary["real_ct"].items()))
     return summary
 
 
