@@ -31,9 +31,10 @@ def dice(prediction, label) -> float:
     return 1.0 if total == 0 else float(2.0 * (prediction & label).sum() / total)
 
 
-def evaluate_model(network_def: dict, ckpt_path: str | Path, config_files: list[str],
+def evaluate_model(network_def, ckpt_path: str | Path | None, config_files: list[str],
                    cases: dict[str, tuple[Path, Path]] = REAL_CASES, label_value: int = 1) -> dict[str, dict]:
-    """``{subject: {"dice": ..., "dice_largest_component": ..., "label_voxels": ..., "predicted_voxels": ...}}``."""
+    """``{subject: {"dice": ..., "dice_largest_component": ..., "label_voxels": ..., "predicted_voxels": ...}}``
+    for a network config (``network_def``) with weights at ``ckpt_path``, or a ready ``torch.nn.Module``."""
     import numpy as np
     import torch
     from monai.bundle import ConfigParser
@@ -44,10 +45,12 @@ def evaluate_model(network_def: dict, ckpt_path: str | Path, config_files: list[
 
     parser = ConfigParser()
     parser.read_config(config_files)
-    parser["network_def"] = network_def
     image_preprocessing = Compose(parser.get_parsed_content("image_preprocessing"))
     inferer = parser.get_parsed_content("inferer")
-    network = load_weights(ConfigParser({"net": network_def}).get_parsed_content("net"), ckpt_path).eval()
+    if isinstance(network_def, torch.nn.Module):
+        network = network_def.eval()
+    else:
+        network = load_weights(ConfigParser({"net": network_def}).get_parsed_content("net"), ckpt_path).eval()
     to_image_grid = Compose([Invertd("pred", image_preprocessing, orig_keys="image", nearest_interp=False),
                              AsDiscreted("pred", threshold=0.5)])
     load_reference = Compose([LoadImaged(["image", "label"], image_only=True), EnsureChannelFirstd(["image", "label"]),

@@ -193,3 +193,28 @@ def test_on_the_fly_transform_draws_new_cases_that_train_like_files(source_map):
     assert np.allclose(np.diag(np.asarray(again["image"].affine))[:3], np.diag(np.asarray(again["label"].affine))[:3])
     with pytest.raises(KeyError, match="source"):
         synthesize({"image": "ct.nii.gz"})
+
+
+def test_real_ct_scoring_puts_each_label_on_its_image_grid(totalseg_dir):
+    """A model that marks the patient's left half (low x in RAS) must score the Dice of that half against
+    the label in RAS: prediction and label meet on one grid (the DICOM series and its label are LAS)."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from evaluate_real import REAL_CASES, dice, evaluate_model
+
+    class LowXHalf(torch.nn.Module):
+        def forward(self, x):
+            logits = torch.full_like(x, -10.0)
+            logits[:, :, : x.shape[2] // 2] = 10.0
+            return logits
+
+    results = evaluate_model(LowXHalf(), None, [str(REPO / "configs/evaluate.json"), str(REPO / "configs/demo.json")],
+                             REAL_CASES)
+    for subject, (_, label_path) in REAL_CASES.items():
+        label = np.asarray(nib.as_closest_canonical(nib.load(label_path)).dataobj) == 1
+        half = np.zeros_like(label)
+        half[: label.shape[0] // 2] = True
+        assert results[subject]["dice"] == pytest.approx(dice(half, label), rel=0.02)
+        assert results[subject]["dice"] > 0.05  # the spleen lies in that half
+    assert dice(np.zeros(3, bool), np.zeros(3, bool)) == 1.0
