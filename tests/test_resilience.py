@@ -207,7 +207,9 @@ def test_kd_resume_restores_the_distillation_heads_and_their_optimizer_state(pha
         torch.manual_seed(0)
         torch.save(FeatureUNet(channels=(4, 8), bottleneck=8, reconstruction=True).state_dict(),
                    tmp_path / run / "models/teacher/model.pt")
-    straight, resumed = _resumed_losses("kd", phantom_dir, tmp_path, teacher_def=teacher, val_interval=100)
+    terms = {"seg": "@loss_terms#seg", "infonce_encoder": "@loss_terms#infonce_encoder", "pmd": "@loss_terms#pmd"}
+    straight, resumed = _resumed_losses("kd", phantom_dir, tmp_path, teacher_def=teacher, val_interval=100,
+                                        **{"loss#terms": terms})
     assert resumed == straight
     state = torch.load(tmp_path / "resumed/models/kd/training_state.pt", weights_only=True)
     assert any(k.startswith("terms.infonce_encoder.loss.student_head") for k in state["distill_heads"])

@@ -15,6 +15,7 @@ from monai.bundle import run
 from bundle.networks import FeatureUNet
 
 REPO = Path(__file__).resolve().parents[1]
+KD_TERMS = {"seg": "@loss_terms#seg", "infonce_encoder": "@loss_terms#infonce_encoder", "pmd": "@loss_terms#pmd"}
 TEACHER = {"_target_": "bundle.networks.FeatureUNet", "in_channels": 1, "out_channels": 1, "channels": [4, 8],
            "bottleneck": 8, "convs_per_block": 1, "reconstruction": True}
 STUDENT = {"_target_": "bundle.networks.FeatureUNet", "in_channels": 1, "out_channels": 1, "channels": [4, 8],
@@ -39,7 +40,8 @@ def trained(phantom_dir, tmp_path_factory):
         bundle_run("training", "teacher", **common)
         teacher_hash = hashlib.sha256((root / "models/teacher/model.pt").read_bytes()).hexdigest()
         bundle_run("training", "student", **common)
-        bundle_run("training", "kd", tracking="configs/mlflow.json", **common)
+        # the terms this module checks, whatever recipe kd.json ships by default
+        bundle_run("training", "kd", tracking="configs/mlflow.json", **common, **{"loss#terms": KD_TERMS})
         yield root, common, teacher_hash
     finally:
         os.chdir(cwd)
@@ -67,7 +69,7 @@ def test_a_kd_run_trains_the_distillation_heads(trained, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     (tmp_path / "models/teacher").mkdir(parents=True)
     (tmp_path / "models/teacher/model.pt").write_bytes((root / "models/teacher/model.pt").read_bytes())
-    overrides = {**common, "bundle_root": str(tmp_path), "epochs": 1, "val_interval": 100}
+    overrides = {**common, "bundle_root": str(tmp_path), "epochs": 1, "val_interval": 100, "loss#terms": KD_TERMS}
     workflow = ConfigWorkflow(config_file="configs/kd.json", meta_file="configs/metadata.json", logging_file=False,
                               workflow_type="train", run_id="training", **overrides)
     workflow.initialize()
