@@ -101,3 +101,15 @@ def test_segmentation_term_never_sees_an_unlabelled_slice(setup):
     assert seen["labeled"] and all(flags == [1] * 4 + [0] * 4 for flags in seen["labeled"])
     assert seen["seg"] == [4] * len(seen["labeled"])  # the labelled rows only
     assert seen["pmd"] == [8] * len(seen["labeled"])  # distillation: every slice
+
+
+def test_config_expressions_reach_the_slicing_module_after_any_import_order():
+    """Configs say ``bundle.data.slicing...``; it must resolve even when ``bundle.data`` was first imported
+    through ``from bundle.data.datalist import ...`` (as the experiment runner does)."""
+    import subprocess
+    import sys
+
+    code = ("from bundle.data.datalist import DataError\nimport bundle\n"
+            "print(bundle.data.slicing.WithUnlabeled.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "WithUnlabeled"
