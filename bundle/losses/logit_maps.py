@@ -9,10 +9,9 @@ class maps ``[-z, z]`` (background and spleen log-odds), so nothing degenerates 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .projection import EPS, full_precision
+from .projection import EPS, full_precision, positive_temperature, teacher_on_student_grid
 
 
 def class_maps(logits: torch.Tensor) -> torch.Tensor:
@@ -22,10 +21,7 @@ def class_maps(logits: torch.Tensor) -> torch.Tensor:
 
 def _aligned(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Float32 maps, the teacher detached and resized to the student's grid."""
-    student = student_logits.float()
-    teacher = teacher_logits.detach().float()
-    if teacher.shape[-2:] != student.shape[-2:]:
-        teacher = F.interpolate(teacher, size=student.shape[-2:], mode="bilinear", align_corners=False)
+    student, teacher = teacher_on_student_grid(student_logits, teacher_logits)
     if student.shape[:2] != teacher.shape[:2]:
         raise ValueError(f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ "
                          "in batch size or classes.")
@@ -41,9 +37,7 @@ class ChannelWiseDistillation(nn.Module):
 
     def __init__(self, temperature: float = 4.0):
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}.")
-        self.temperature = float(temperature)
+        self.temperature = positive_temperature(temperature)
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         with full_precision(student_logits):
@@ -73,9 +67,7 @@ class InterPixelCorrelation(nn.Module):
 
     def __init__(self, temperature: float = 1.0):
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}.")
-        self.temperature = float(temperature)
+        self.temperature = positive_temperature(temperature)
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         with full_precision(student_logits):

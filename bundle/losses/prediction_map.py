@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .projection import full_precision
+from .projection import full_precision, positive_temperature, teacher_on_student_grid
 
 
 def _two_class(logits: torch.Tensor) -> torch.Tensor:
@@ -30,16 +30,11 @@ class PredictionMapDistillation(nn.Module):
 
     def __init__(self, temperature: float = 4.0):
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}.")
-        self.temperature = float(temperature)
+        self.temperature = positive_temperature(temperature)
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         with full_precision(student_logits):
-            student = student_logits.float()
-            teacher = teacher_logits.detach().float()
-            if teacher.shape[-2:] != student.shape[-2:]:
-                teacher = F.interpolate(teacher, size=student.shape[-2:], mode="bilinear", align_corners=False)
+            student, teacher = teacher_on_student_grid(student_logits, teacher_logits)
             if student.shape[1] == 1:
                 student = _two_class(student)
             if teacher.shape[1] == 1:

@@ -43,3 +43,18 @@ def pool_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def full_precision(reference: torch.Tensor) -> torch.autocast:
     """Disable autocast on ``reference``'s device so the loss maths stay in float32 under AMP."""
     return torch.autocast(device_type=reference.device.type, enabled=False)
+
+
+def teacher_on_student_grid(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 logits, the teacher's detached and resized bilinearly to the student's grid."""
+    student = student_logits.float()
+    teacher = teacher_logits.detach().float()
+    if teacher.shape[-2:] != student.shape[-2:]:
+        teacher = F.interpolate(teacher, size=student.shape[-2:], mode="bilinear", align_corners=False)
+    return student, teacher
+
+
+def positive_temperature(temperature: float) -> float:
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    return float(temperature)
