@@ -8,20 +8,20 @@ TensorBoard, the losses).
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _SUBMODULES = ("checkpoint", "data", "deploy", "engine", "files", "handlers", "inference", "losses", "metrics",
-               "networks", "quantize", "report", "reproducibility", "stats", "tracking")
-_DATA_SUBMODULES = ("datalist", "slicing")  # reachable as bundle.data.<name> once bundle.data is
+               "networks", "quantize", "report", "reproducibility", "stats", "teacher", "tracking")
+# reachable as bundle.<package>.<name> in config expressions once bundle.<package> is
+_PACKAGE_SUBMODULES = {"data": ("datalist", "slicing"), "losses": ("composite",)}
 
 
 def __getattr__(name: str):
     if name not in _SUBMODULES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     module = importlib.import_module(f".{name}", __name__)
-    if name == "data":
-        for submodule in _DATA_SUBMODULES:
-            importlib.import_module(f".data.{submodule}", __name__)
+    for submodule in _PACKAGE_SUBMODULES.get(name, ()):
+        importlib.import_module(f".{name}.{submodule}", __name__)
     return module
 
 

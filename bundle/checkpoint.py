@@ -183,6 +183,23 @@ def atomic_save(obj, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def publish(best_model: str | os.PathLike, served: str | os.PathLike) -> Path | None:
+    """Copy a run's best checkpoint to the path inference and MONAI Label load (``models/model.pt``),
+    atomically, so a server never reads half a file. Only rank 0 of a distributed run copies; a run
+    that never validated has no best checkpoint, and then the served model is left as it was."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return None
+    source = Path(best_model)
+    if not source.is_file():
+        return None
+    if source.resolve() != Path(served).resolve():
+        with atomic_open(served, "wb") as stream:
+            stream.write(source.read_bytes())
+    return Path(served)
+
+
 class TrainingStateSaver:
     """Saves everything needed to continue a run — ``save_dict`` (model, optimizer, distillation heads,
     scheduler ...), the trainer's epoch/iteration and the random generators — atomically after every

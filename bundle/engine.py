@@ -1,18 +1,15 @@
 """One Ignite trainer for teacher, baseline student and distillation.
 
 The trainer runs the network with ``return_features=True`` (and the frozen teacher, when there
-is one), then hands both output dicts and the batch to a :class:`CompositeLoss`: a config-declared
-list of weighted :class:`LossTerm`. Each term names where its inputs come from
-(``student.seg``, ``teacher.encoder``, ``batch.label`` ...), so a new loss is a new module plus a
-config entry and this file never changes. Because it is a MONAI ``SupervisedTrainer``, MONAI's
-handlers (validation, checkpoints, stats, TensorBoard, MLflow) plug in unchanged.
+is one), then hands both output dicts and the batch to a :class:`~bundle.losses.composite.CompositeLoss`:
+config-declared weighted terms that read their inputs by address (``network.seg``, ``teacher.encoder``,
+``batch.label`` ...), so a new loss never changes this file. Because it is a MONAI ``SupervisedTrainer``,
+MONAI's handlers (validation, checkpoints, stats, TensorBoard, MLflow) plug in unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
-import hashlib
+from collections.abc import Mapping
 
 import torch
 from ignite.engine import Events
@@ -22,165 +19,12 @@ from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 
-SOURCES = ("student", "teacher", "batch")
-
-
-class LossTerm(nn.Module):
-    """A weighted loss whose positional inputs are read from ``source.key`` addresses.
-
-    ``warmup_epochs`` ramps the weight linearly from 0 over the first epochs (a distillation term then
-    starts once the student has found the spleen). ``labeled_only`` hands the loss only the rows of the
-    batch that carry a label (``batch.labeled``), so a segmentation term never sees an unlabelled slice
-    while distillation terms use every slice.
-    """
-
-    def __init__(self, loss: nn.Module, inputs: Sequence[str], weight: float = 1.0, warmup_epochs: float = 0.0,
-                 labeled_only: bool = False):
-        super().__init__()
-        for address in inputs:
-            source, _, key = address.partition(".")
-            if source not in SOURCES or not key:
-                raise ValueError(
-                    f"loss input '{address}' must look like 'student.seg', 'teacher.encoder' or 'batch.label' "
-                    f"(source one of {SOURCES})."
-                )
-        if warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}.")
-        self.loss = loss
-        self.inputs = tuple(inputs)
-        self.weight = float(weight)
-        self.warmup_epochs = float(warmup_epochs)
-        self.labeled_only = bool(labeled_only)
-
-    @property
-    def needs_teacher(self) -> bool:
-        return any(a.startswith("teacher.") for a in self.inputs)
-
-    def weight_at(self, epochs_done: float) -> float:
-        """The weight after ``epochs_done`` (fractional) epochs of training."""
-        if self.warmup_epochs <= 0:
-            return self.weight
-        return self.weight * min(1.0, max(0.0, epochs_done) / self.warmup_epochs)
-
-    def forward(self, sources: Mapping[str, Mapping[str, torch.Tensor] | None]) -> torch.Tensor:
-        args = []
-        for address in self.inputs:
-            source, _, key = address.partition(".")
-            outputs = sources[source]
-            if outputs is None:
-                raise ValueError(f"loss input '{address}' needs a teacher, but the trainer has none: set `teacher`.")
-            if key not in outputs:
-                raise KeyError(f"loss input '{address}': the {source} provides only {sorted(outputs)}.")
-            args.append(outputs[key])
-        labeled = sources["batch"].get("labeled") if self.labeled_only else None
-        if labeled is not None:
-            rows = torch.as_tensor(labeled, device=args[0].device).reshape(-1).bool()
-            if not rows.any():  # no labelled slice in this batch: a zero that keeps the graph
-                return sum(a.sum() for a in args if a.requires_grad) * 0.0
-            args = [a[rows] for a in args]
-        return self.loss(*args)
-
-
-class CompositeLoss(nn.Module):
-    """Named, weighted sum of :class:`LossTerm`; holds the terms' learned heads so they are optimised
-    and saved with the run (``parameters()``/``state_dict()``). The trainer reports training progress
-    with :meth:`set_progress`, which the terms' warm-ups follow."""
-
-    def __init__(self, terms: Mapping[str, LossTerm]):
-        super().__init__()
-        if not terms:
-            raise ValueError("CompositeLoss needs at least one loss term.")
-        self.terms = nn.ModuleDict(terms)
-        self.epochs_done = 0.0
-
-    @property
-    def needs_teacher(self) -> bool:
-        return any(term.needs_teacher for term in self.terms.values())
-
-    @property
-    def teacher_keys(self) -> set[str]:
-        """The teacher outputs the terms read: only these are cached."""
-        return {a.partition(".")[2] for term in self.terms.values() for a in term.inputs if a.startswith("teacher.")}
-
-    def set_progress(self, epochs_done: float) -> None:
-        self.epochs_done = float(epochs_done)
-
-    def weights(self) -> dict[str, float]:
-        """Every term's weight now (after its warm-up)."""
-        return {name: term.weight_at(self.epochs_done) for name, term in self.terms.items()}
-
-    def forward(self, student, teacher, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        sources = {"student": student, "teacher": teacher, "batch": batch}
-        values = {name: term(sources) for name, term in self.terms.items()}
-        weights = self.weights()
-        total = sum(weights[name] * value for name, value in values.items())
-        return total, {name: value.detach() for name, value in values.items()}
-
-
-class TeacherCache:
-    """Memory-bounded store of a frozen teacher's per-slice outputs, keyed by the slice's content.
-
-    Without augmentation the same slices come back every epoch and the frozen teacher (eval mode,
-    so per-sample BatchNorm) gives the same outputs, so they are computed once. Keys are hashes of the
-    input bytes: an augmented or otherwise new slice simply misses, it can never get a stale answer.
-    Entries stop being added once ``max_megabytes`` is reached; ``dtype`` (e.g. ``float16``) halves it.
-    """
-
-    def __init__(self, max_megabytes: float = 1024, dtype: torch.dtype | None = None):
-        self.max_bytes = int(max_megabytes * 2**20)
-        self.dtype = dtype
-        self.bytes = 0
-        self.hits = 0
-        self.misses = 0
-        self._entries: dict[bytes, dict[str, torch.Tensor]] = {}
-
-    @staticmethod
-    def key(image: torch.Tensor) -> bytes:
-        data = image.detach().cpu().contiguous()
-        digest = hashlib.blake2b(str(tuple(data.shape)).encode(), digest_size=16)
-        digest.update(data.numpy().tobytes())
-        return digest.digest()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def outputs(self, teacher: nn.Module, inputs: torch.Tensor, keys: set[str]) -> dict[str, torch.Tensor]:
-        """Teacher outputs for a batch: cached slices are gathered, the others computed and stored."""
-        slice_keys = [self.key(x) for x in inputs]
-        first_rows: dict[bytes, int] = {}  # each uncached slice once, however often the batch repeats it
-        for row, key in enumerate(slice_keys):
-            if key not in self._entries and key not in first_rows:
-                first_rows[key] = row
-        self.misses += len(first_rows)
-        self.hits += len(slice_keys) - len(first_rows)
-        fresh: dict[bytes, dict[str, torch.Tensor]] = {}
-        if first_rows:
-            computed = teacher(inputs[list(first_rows.values())], return_features=True)
-            for position, key in enumerate(first_rows):
-                fresh[key] = {name: computed[name][position] for name in keys}
-                self._store(key, fresh[key])
-        found = [fresh[key] if key in fresh else self._entries[key] for key in slice_keys]
-        return {name: torch.stack([entry[name].to(inputs.device, inputs.dtype) for entry in found]) for name in keys}
-
-    def _store(self, key: bytes, entry: dict[str, torch.Tensor]) -> None:
-        # a copy of the row: a view would keep the whole batch's tensor alive (on CPU `.to` does not copy)
-        stored = {k: v.detach().to("cpu", self.dtype or v.dtype, copy=True) for k, v in entry.items()}
-        size = sum(v.untyped_storage().nbytes() for v in stored.values())
-        if self.bytes + size <= self.max_bytes:
-            self._entries[key] = stored
-            self.bytes += size
-
-
-def freeze(network: nn.Module) -> nn.Module:
-    """Eval mode and no gradients: the teacher's weights and BatchNorm statistics never change."""
-    network.eval()
-    for parameter in network.parameters():
-        parameter.requires_grad_(False)
-    return network
+from .losses.composite import CompositeLoss
+from .teacher import TeacherCache, freeze
 
 
 class ComposedLossTrainer(SupervisedTrainer):
-    """``SupervisedTrainer`` whose loss is a :class:`CompositeLoss` over student (and teacher) outputs.
+    """``SupervisedTrainer`` whose loss is a :class:`CompositeLoss` over the network's (and teacher's) outputs.
 
     ``engine.state.output`` holds ``loss`` (the weighted total) and ``loss_terms`` (each term, unweighted),
     and every term's running epoch mean is kept in ``engine.state.metrics`` as ``loss_<name>`` so the
@@ -252,10 +96,10 @@ class ComposedLossTrainer(SupervisedTrainer):
         engine.loss_function.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         with engine._autocast():
-            student_out = engine.network(inputs, return_features=True)
-            engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets, Keys.PRED: student_out["seg"]}
+            network_out = engine.network(inputs, return_features=True)
+            engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets, Keys.PRED: network_out["seg"]}
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            loss, terms = engine.loss_function(student_out, teacher_out, batch)
+            loss, terms = engine.loss_function(network_out, teacher_out, batch)
         engine.state.output[Keys.LOSS] = loss
         engine.state.output["loss_terms"] = terms
         engine.fire_event(IterationEvents.LOSS_COMPLETED)

@@ -108,7 +108,8 @@ def onnx_session(network: nn.Module, ckpt_path: str | os.PathLike, onnx_path: st
             logger.info("no checkpoint at '%s': using the ONNX model '%s' as it is", ckpt_path, onnx_path)
             return OnnxRuntimeNetwork(onnx_path, threads=threads)
         raise FileNotFoundError(f"neither the checkpoint '{ckpt_path}' nor the ONNX model '{onnx_path}' exists: "
-                                "train the student first (configs/kd.json) or set --ckpt_path / --onnx_path.")
+                                "train a student first (configs/train.json, with configs/kd.json to distil; the run publishes "
+                                "models/model.pt) or set --ckpt_path / --onnx_path.")
     key = source_key(network, ckpt_path)
     if onnx_path.is_file():
         session = OnnxRuntimeNetwork(onnx_path, threads=threads)

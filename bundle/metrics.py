@@ -24,8 +24,7 @@ from monai.metrics import SurfaceDiceMetric, compute_hausdorff_distance, compute
 from torch.utils.flop_counter import FlopCounterMode
 
 from .files import atomic_open, atomic_write_text
-
-METRICS = ("dice", "iou", "precision", "recall", "surface_dice", "hd95_mm")
+from .networks import count_parameters
 
 
 def _spatial(mask) -> torch.Tensor:
@@ -193,7 +192,7 @@ class VolumeMetricsHandler:
             row["case"] = case
         extra = dict(self.extra)
         if self.network is not None:
-            extra["params"] = sum(p.numel() for p in self.network.parameters())
+            extra["params"] = count_parameters(self.network)
             if self.slice_size:
                 extra["flops_per_slice"] = flops_per_slice(self.network, self.slice_size)
         self.summary = write_report(self.rows, self.out_dir, extra)

@@ -92,7 +92,6 @@ class FeatureUNet(nn.Module):
         self.rec_decoder = _Decoder(bottleneck, channels, convs_per_block, in_channels) if reconstruction else None
         self.feature_channels = {"encoder": channels[-1], "bottleneck": bottleneck, "decoder": channels[0]}
         self.stem_stride = stem_stride
-        self.size_divisor = stem_stride * 2 ** len(channels)
 
     def _full_size(self, x: torch.Tensor) -> torch.Tensor:
         if self.stem_stride == 1:
@@ -175,7 +174,6 @@ class MultiTaskUNETR(nn.Module):
         self.seg_decoder = _UnetrDecoder(hidden_size, feature_size, out_channels, norm_name)
         self.rec_decoder = _UnetrDecoder(hidden_size, feature_size, in_channels, norm_name)
         self.feature_channels = {"encoder": feature_size * 8, "bottleneck": hidden_size, "decoder": feature_size}
-        self.size_divisor = 16
 
     def _to_map(self, tokens: torch.Tensor) -> torch.Tensor:
         return tokens.transpose(1, 2).reshape(tokens.shape[0], self.hidden_size, self.grid, self.grid)
@@ -211,4 +209,5 @@ class SelectOutputs(nn.Module):
 
 
 def count_parameters(network: nn.Module) -> int:
+    """Every parameter, trainable or frozen: the size the model is reported and compared by."""
     return sum(p.numel() for p in network.parameters())

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from torch import nn
 
+from .networks import count_parameters
+
 HYPERPARAMETERS = ("temperature", "grid", "embed_dim", "supervised")
 
 
@@ -19,7 +21,7 @@ def file_sha256(path: str | Path, chunk: int = 2**20) -> str:
 
 
 def _network_summary(prefix: str, network: nn.Module) -> dict[str, object]:
-    return {prefix: type(network).__name__, f"{prefix}.params": sum(p.numel() for p in network.parameters()),
+    return {prefix: type(network).__name__, f"{prefix}.params": count_parameters(network),
             **{f"{prefix}.{k}": v for k, v in getattr(network, "hparams", {}).items()}}
 
 

@@ -41,7 +41,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 MODELS = {
     "T1": ("FeatureUNet", dict(channels=[64, 128, 256, 512], bottleneck=1024, convs_per_block=2, reconstruction=True)),
@@ -248,10 +247,12 @@ def training_steps(device: str, iterations: int = 20, size: int = 96, batch: int
     from ignite.engine import Events
     from torch.utils.data import DataLoader
 
-    from bundle.engine import CompositeLoss, ComposedLossTrainer, LossTerm, TeacherCache
+    from bundle.engine import ComposedLossTrainer
+    from bundle.losses.composite import CompositeLoss, LossTerm
     from bundle.losses.contrastive import InfoNCEFeatureLoss
     from bundle.losses.prediction_map import PredictionMapDistillation
     from bundle.networks import FeatureUNet
+    from bundle.teacher import TeacherCache
     from monai.losses import DiceCELoss
 
     g = torch.Generator().manual_seed(0)
@@ -262,12 +263,12 @@ def training_steps(device: str, iterations: int = 20, size: int = 96, batch: int
     def run(kind: str) -> float:
         torch.manual_seed(0)
         student = FeatureUNet(channels=(16, 32), bottleneck=64)
-        terms = {"seg": LossTerm(DiceCELoss(sigmoid=True), ["student.seg", "batch.label"])}
+        terms = {"seg": LossTerm(DiceCELoss(sigmoid=True), ["network.seg", "batch.label"])}
         teacher, cache = None, None
         if kind != "student":
             teacher = FeatureUNet(channels=(16, 32, 64, 128), bottleneck=256, convs_per_block=2, reconstruction=True)
-            terms["infonce_encoder"] = LossTerm(InfoNCEFeatureLoss(32, 128), ["student.encoder", "teacher.encoder"], 0.5)
-            terms["pmd"] = LossTerm(PredictionMapDistillation(), ["student.seg", "teacher.seg"])
+            terms["infonce_encoder"] = LossTerm(InfoNCEFeatureLoss(32, 128), ["network.encoder", "teacher.encoder"], 0.5)
+            terms["pmd"] = LossTerm(PredictionMapDistillation(), ["network.seg", "teacher.seg"])
             cache = TeacherCache() if kind == "kd_cached" else None
         loss = CompositeLoss(terms)
         optimizer = torch.optim.AdamW(list(student.parameters()) + list(loss.parameters()), 1e-3)

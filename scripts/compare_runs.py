@@ -8,7 +8,7 @@ student, and paired tests (the table of ``scripts/experiments.py``'s results.md)
 Runs whose parameters differ only in ``seed`` form one configuration, labelled by the run name
 without its seed suffix. A distilled run's baseline is the configuration trained without a teacher,
 with only the ``seg`` loss, on the same student network, data split and fraction, slice size,
-epochs and learning rate. Per-volume metrics come from ``EVAL_ROOT/<run name>/metrics.csv`` (where
+epochs and learning rate. Per-volume metrics come from ``EVAL_ROOT/<run name>/test/metrics.csv`` (where
 the bundle's evaluation writes them); runs without that file fall back on the ``test_*`` means that
 ``experiments.py`` logs to MLflow, and per-volume tests are then not available.
 """
@@ -18,11 +18,8 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import re
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 BASELINE_KEYS = ("network", "train_split", "student_fraction", "slice_size", "epochs", "learning_rate", "epoch_length")
 
@@ -82,7 +79,7 @@ def to_records(runs: list[dict], eval_root: Path | None):
                 label += "'"
             configs[key] = label
             labels.add(label)
-        csv = eval_root / run["name"] / "metrics.csv" if eval_root else None
+        csv = eval_root / run["name"] / "test" / "metrics.csv" if eval_root else None
         volumes = read_volume_metrics(csv) if csv and csv.is_file() else {}
         means = {k[len("test_"):]: v for k, v in run["metrics"].items() if k.startswith("test_")}
         params_count = params.get("network.params")
@@ -105,7 +102,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--tracking_uri", required=True, help="e.g. sqlite:///runs/thesis/eval/mlruns.db")
     parser.add_argument("--experiment", default="spleen-kd")
     parser.add_argument("--runs", nargs="+", help="run names or shell-style patterns (default: all runs)")
-    parser.add_argument("--eval_root", help="folder holding <run name>/metrics.csv (default: the SQLite file's folder)")
+    parser.add_argument("--eval_root", help="folder holding <run name>/test/metrics.csv (default: the SQLite file's folder)")
     parser.add_argument("--anova", action="store_true", help="add a one-way ANOVA over the distilled and baseline "
                         "configurations shown (per-seed mean Dice)")
     parser.add_argument("--out", help="also write the table to this markdown file")

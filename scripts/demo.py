@@ -15,25 +15,30 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import sys
 import time
 from pathlib import Path
 
+from evaluate_real import REAL_CASES, evaluate_demo
+
+from bundle.files import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from bundle.files import atomic_write_text  # noqa: E402
-from evaluate_real import REAL_CASES, evaluate_demo  # noqa: E402
-
-STAGES = ("teacher", "student", "kd")
-CONFIGS = {"teacher": "configs/teacher.json", "student": "configs/student.json", "kd": "configs/kd.json"}
+CONFIG_DIR = ROOT / "configs"
+STAGES = ("teacher", "student", "kd")  # also the run names, hence models/<stage>/ and eval/<stage>/
+CONFIGS = {"teacher": [str(CONFIG_DIR / "train.json"), str(CONFIG_DIR / "teacher.json")],
+           "student": [str(CONFIG_DIR / "train.json")],
+           "kd": [str(CONFIG_DIR / "train.json"), str(CONFIG_DIR / "kd.json")]}
+DEMO = str(CONFIG_DIR / "demo.json")
 EVALUATED = {"teacher": "teacher", "student": "student", "kd_student": "kd"}
 
 
-def _config_files(name: str, extra: list[str]) -> list[str]:
-    return [CONFIGS[name], "configs/demo.json", *extra]
+def _config_files(name: str, extra: list[str], evaluate: bool = False) -> list[str]:
+    return [*CONFIGS[name], *([str(CONFIG_DIR / "evaluate.json")] if evaluate else []), DEMO, *extra]
+
+
+def best_model(out: Path, stage: str) -> Path:
+    """A stage's best checkpoint (``ckpt_dir`` of its run)."""
+    return out / "models" / stage / "model.pt"
 
 
 def _marker(out: Path, stage: str) -> Path:
@@ -57,8 +62,8 @@ def _run_stage(out: Path, stage: str, fn, log) -> dict:
 def _bundle_run(run_id: str, config_files: list[str], **overrides) -> None:
     from monai.bundle import run
 
-    run(run_id=run_id, config_file=config_files, meta_file="configs/metadata.json",
-        logging_file="configs/logging.conf", **overrides)
+    run(run_id=run_id, config_file=config_files, meta_file=str(CONFIG_DIR / "metadata.json"),
+        logging_file=str(CONFIG_DIR / "logging.conf"), **overrides)
 
 
 def _network_def(stage: str, extra: list[str]) -> dict:
@@ -71,12 +76,9 @@ def _network_def(stage: str, extra: list[str]) -> dict:
 
 def _evaluate(out: Path, name: str, extra: list[str], common: dict) -> dict:
     stage = EVALUATED[name]
-    ckpt = out / "models" / ("model.pt" if stage == "kd" else f"{stage}/model.pt")
-    output_dir = out / "eval" / f"test_{name}"
-    _bundle_run("evaluating", ["configs/evaluate.json", "configs/demo.json", *extra], **common,
-                network_def=_network_def(stage, extra), ckpt_path=str(ckpt), run_name=f"test_{name}",
+    _bundle_run("evaluating", _config_files(stage, extra, evaluate=True), **common, split="test",
                 outputs=["seg", "rec"] if stage == "teacher" else ["seg"])
-    return json.loads((output_dir / "summary.json").read_text())
+    return json.loads((out / "eval" / stage / "test" / "summary.json").read_text())
 
 
 def _figures(out: Path, extra: list[str], common: dict, slices: int = 4) -> list[Path]:
@@ -103,11 +105,9 @@ def _figures(out: Path, extra: list[str], common: dict, slices: int = 4) -> list
         labels.append(data["label"][0, :, :, z].numpy())
     columns = {"ground truth": labels}
     batch = torch.as_tensor(np.stack(images))[:, None].float()
-    for title, stage, ckpt in (("baseline student", "student", "models/student/model.pt"),
-                               ("KD student", "kd", "models/model.pt"),
-                               ("teacher", "teacher", "models/teacher/model.pt")):
+    for title, stage in (("baseline student", "student"), ("KD student", "kd"), ("teacher", "teacher")):
         network = ConfigParser({"net": _network_def(stage, extra)}).get_parsed_content("net")
-        network = load_weights(network, out / ckpt).eval()
+        network = load_weights(network, best_model(out, stage)).eval()
         with torch.no_grad():
             columns[title] = list((torch.sigmoid(network(batch)) > 0.5).float()[:, 0].numpy())
     figures = [overlay_grid(images, columns, out / "overlays.png", "test slices with the largest spleen area")]
@@ -151,7 +151,7 @@ def _report(out: Path, summary: dict, data_note: str) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (reruns reuse its finished stages)")
-    parser.add_argument("--dataset_dir", default="data/Task09_Spleen",
+    parser.add_argument("--dataset_dir", default=str(ROOT / "data" / "Task09_Spleen"),
                         help="use this Task09_Spleen folder if it holds dataset.json; else generate data (--data)")
     parser.add_argument("--data", choices=["synthetic", "phantoms"], default="synthetic",
                         help="offline training data: synthetic CT from real label maps, or procedural phantoms")
@@ -161,7 +161,6 @@ def main(argv: list[str] | None = None) -> dict:
                         help="extra override config merged after configs/demo.json (repeatable)")
     args = parser.parse_args(argv)
 
-    os.chdir(ROOT)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO)
@@ -187,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
             make_phantom_dataset(dataset_dir, cases=args.cases, seed=args.seed)
         data_note = f"Data: {args.cases} procedural phantom volumes (seed {args.seed}) in {dataset_dir}."
     log(data_note)
-    common = {"bundle_root": str(out), "dataset_dir": dataset_dir, "seed": args.seed,
+    common = {"bundle_root": str(ROOT), "output_root": str(out), "dataset_dir": dataset_dir, "seed": args.seed,
               "datalist_file": str(out / "datalist.json")}
 
     for stage in STAGES:

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 TOTALSEG_CT = ROOT.parent / "shared" / "data" / "totalseg_ct"
 REAL_CASES = {  # subject: (image, label map; spleen = 1)
@@ -79,13 +77,12 @@ def evaluate_model(network_def, ckpt_path: str | Path | None, config_files: list
 
 def evaluate_demo(out: Path, extra_configs: list[str] = ()) -> dict[str, dict]:
     """The three models of a ``scripts/demo.py`` run (``out``) on the real fixtures."""
-    from demo import EVALUATED, _network_def
+    from demo import EVALUATED, _config_files, _network_def, best_model
 
-    config_files = ["configs/evaluate.json", "configs/demo.json", *extra_configs]
     results = {}
     for name, stage in EVALUATED.items():
-        ckpt = out / "models" / ("model.pt" if stage == "kd" else f"{stage}/model.pt")
-        per_subject = evaluate_model(_network_def(stage, list(extra_configs)), ckpt, config_files)
+        config_files = _config_files(stage, list(extra_configs), evaluate=True)
+        per_subject = evaluate_model(_network_def(stage, list(extra_configs)), best_model(out, stage), config_files)
         results[name] = {"subjects": per_subject,
                          "mean_dice": round(sum(r["dice"] for r in per_subject.values()) / len(per_subject), 4),
                          "mean_dice_largest_component": round(
@@ -99,10 +96,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--config", action="append", default=[], help="the extra configs the demo was run with")
     args = parser.parse_args(argv)
 
-    import os
-
-    sys.path.insert(0, str(ROOT / "scripts"))
-    os.chdir(ROOT)
     out = Path(args.out).resolve()
     results = evaluate_demo(out, args.config)
     (out / "real_ct.json").write_text(json.dumps(results, indent=2))

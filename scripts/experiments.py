@@ -32,18 +32,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bundle.files import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bundle.files import atomic_write_text  # noqa: E402
-
-GRIDS = ROOT / "configs" / "experiments"
-CONFIG_FILES = {"teacher": "configs/teacher.json", "student": "configs/student.json", "kd": "configs/kd.json"}
-TRACKING = "configs/mlflow.json"
+CONFIGS = ROOT / "configs"
+GRIDS = CONFIGS / "experiments"
+CONFIG_FILES = {"teacher": [str(CONFIGS / "train.json"), str(CONFIGS / "teacher.json")],
+                "student": [str(CONFIGS / "train.json")],
+                "kd": [str(CONFIGS / "train.json"), str(CONFIGS / "kd.json")]}
+EVALUATE = str(CONFIGS / "evaluate.json")
+TRACKING = str(CONFIGS / "mlflow.json")
 BASELINE = "base"
 GRID_KEYS = ("configs", "seeds", "teachers", "students", "variants", "fractions", "anova")
-TRAINING_ONLY = {"run_name", "ckpt_dir", "train_state_dir", "resume", "loss#terms", "teacher_ckpt", "student_fraction",
-                 "teacher_def", "student_def"}
 
 
 @dataclass
@@ -70,7 +70,7 @@ def load_grid(grid: str) -> dict:
     missing = [key for key in GRID_KEYS if key not in spec]
     if missing:
         raise SystemExit(f"grid '{path}' lacks {missing}; see configs/experiments/thesis.json for the schema.")
-    terms = set(json.loads((ROOT / CONFIG_FILES["kd"]).read_text())["loss_terms"])
+    terms = set(json.loads((CONFIGS / "kd.json").read_text())["loss_terms"])
     spec["variants"] = {name: variant_spec(chosen) for name, chosen in spec["variants"].items()}
     spec.setdefault("assistants", {})
     for name, assistant in spec["assistants"].items():
@@ -104,10 +104,6 @@ def variant_spec(chosen) -> dict:
     return {"terms": chosen["terms"], "overrides": chosen.get("overrides", {}), "teacher": chosen.get("teacher")}
 
 
-def loss_terms(terms: list[str]) -> dict:
-    return {"seg": "@loss_terms#seg", **{term: f"@loss_terms#{term}" for term in terms}}
-
-
 def fraction_tag(fraction: float) -> str:
     return f"f{round(fraction * 100)}"
 
@@ -120,12 +116,12 @@ def plan(grid: dict, out: Path, seeds: list[int], dataset_dir: str, split_seed: 
     """Teachers first (once each), then per seed the baseline students and the distilled students."""
     out = Path(out)
     fractions = {float(f): variants for f, variants in grid["fractions"].items()}
-    shared = {"bundle_root": str(out), "dataset_dir": str(dataset_dir), "resume": True, **grid.get("overrides", {})}
+    shared = {"bundle_root": str(ROOT), "output_root": str(out), "dataset_dir": str(dataset_dir), "resume": True,
+              "publish": False, **grid.get("overrides", {})}
 
     def planned(name, stage, config, seed, fraction, network, baseline=None, teacher=None, **extra) -> PlannedRun:
         overrides = {**shared, "datalist_file": str(datalist_path(out, fraction, split_seed)), "seed": seed,
-                     "student_fraction": fraction, "run_name": name, "ckpt_dir": str(out / "models" / name),
-                     "train_state_dir": str(out / "models" / name), **extra}
+                     "student_fraction": fraction, "run_name": name, **extra}
         return PlannedRun(name, stage, config, seed, overrides, baseline, network, teacher)
 
     def defined(key: str, network: dict | None) -> dict:
@@ -142,7 +138,7 @@ def plan(grid: dict, out: Path, seeds: list[int], dataset_dir: str, split_seed: 
                             assistant["network"], None, f"teacher-{teacher}", student_def=assistant["network"],
                             **defined("teacher_def", networks[teacher]),
                             teacher_ckpt=str(out / "models" / f"teacher-{teacher}" / "model.pt"),
-                            **assistant["overrides"], **{"loss#terms": loss_terms(assistant["terms"])}))
+                            **assistant["overrides"], distill=assistant["terms"]))
         networks[name] = assistant["network"]
     ckpts = {name: f"teacher-{name}" for name in grid["teachers"]} | {
         name: f"assistant-{name}" for name in grid.get("assistants", {})}
@@ -164,7 +160,7 @@ def plan(grid: dict, out: Path, seeds: list[int], dataset_dir: str, split_seed: 
                             f"{config}-s{seed}", "kd", config, seed, fraction, student_def, base, ckpts[source],
                             **defined("student_def", student_def), **defined("teacher_def", networks[source]),
                             teacher_ckpt=str(out / "models" / ckpts[source] / "model.pt"),
-                            **spec["overrides"], **{"loss#terms": loss_terms(spec["terms"])}))
+                            **spec["overrides"], distill=spec["terms"]))
     return runs
 
 
@@ -198,6 +194,11 @@ def anova_families(grid: dict, runs: list[PlannedRun]) -> dict[str, list[str]]:
     return families
 
 
+def eval_dir(out: Path, run: str) -> Path:
+    """Where ``configs/evaluate.json`` writes a run's test-split metrics (``eval_dir``)."""
+    return out / "eval" / run / "test"
+
+
 def _marker(out: Path, run: str, step: str) -> Path:
     return out / "stages" / run / f"{step}.json"
 
@@ -222,8 +223,8 @@ def _bundle_run(run_id: str, config_files: list[str], **overrides) -> None:
     from monai.bundle import run
 
     try:
-        run(run_id=run_id, config_file=config_files, meta_file="configs/metadata.json",
-            logging_file="configs/logging.conf", **overrides)
+        run(run_id=run_id, config_file=config_files, meta_file=str(CONFIGS / "metadata.json"),
+            logging_file=str(CONFIGS / "logging.conf"), **overrides)
     finally:
         gc.collect()
         if torch.cuda.is_available():
@@ -245,7 +246,7 @@ def _write_datalists(runs: list[PlannedRun], configs: list[str], dataset_dir: st
     from bundle.data.datalist import check_pairs, read_pairs, split_by_volume
 
     files = {run.overrides["datalist_file"]: run.overrides["student_fraction"] for run in runs}
-    parsed = _parser([CONFIG_FILES["kd"], *configs], runs[0].overrides)
+    parsed = _parser([*CONFIG_FILES["kd"], *configs], runs[0].overrides)
     pairs = None
     for path, fraction in files.items():
         path = Path(path)
@@ -295,15 +296,10 @@ def _train(run: PlannedRun, files: list[str]) -> dict:
 
 
 def _evaluate(run: PlannedRun, out: Path, configs: list[str], log) -> dict:
-    """Per-volume metrics of the run's best checkpoint on the test split, in ``OUT/eval/<run>/``."""
-    files = [CONFIG_FILES[run.stage], *configs]
-    key = "teacher_def" if run.stage == "teacher" else "student_def"
-    network = run.network or _parser(files, run.overrides).get(key)
-    overrides = {k: v for k, v in run.overrides.items() if k not in TRAINING_ONLY}
-    _bundle_run("evaluating", ["configs/evaluate.json", *configs], **overrides, split="test", run_name=run.name,
-                network_def=network, ckpt_path=str(out / "models" / run.name / "model.pt"),
+    """Per-volume metrics of the run's best checkpoint on the test split, in ``OUT/eval/<run>/test/``."""
+    _bundle_run("evaluating", [*CONFIG_FILES[run.stage], EVALUATE, *configs], **run.overrides, split="test",
                 outputs=["seg", "rec"] if run.stage == "teacher" else ["seg"])
-    summary = json.loads((out / "eval" / run.name / "summary.json").read_text())
+    summary = json.loads((eval_dir(out, run.name) / "summary.json").read_text())
     _log_test_metrics(out, run.name, summary, log)
     return summary
 
@@ -318,7 +314,7 @@ def records(runs: list[PlannedRun], out: Path):
         if marker.is_file():
             summary = json.loads(marker.read_text())
             found.append(RunRecord(run.name, run.config, run.seed, run.baseline, summary.get("params"),
-                                   read_volume_metrics(out / "eval" / run.name / "metrics.csv")))
+                                   read_volume_metrics(eval_dir(out, run.name) / "metrics.csv")))
     return found
 
 
@@ -430,14 +426,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dry_run", action="store_true", help="print the planned runs and their overrides only")
     args = parser.parse_args(argv)
 
-    os.chdir(ROOT)
     grid = load_grid(args.grid)
     seeds = args.seeds if args.seeds is not None else grid["seeds"]
-    configs = args.config if args.config is not None else grid["configs"]
+    # a grid names its configs relative to the bundle, the command line relative to the working directory
+    configs = ([str(Path(c).resolve()) for c in args.config] if args.config is not None
+               else [str(ROOT / c) for c in grid["configs"]])
     out = Path(args.out).resolve()
     log = print
 
-    dataset = Path(args.dataset_dir or "data/Task09_Spleen")
+    dataset = Path(args.dataset_dir) if args.dataset_dir else ROOT / "data" / "Task09_Spleen"
     if (dataset / "dataset.json").is_file():
         dataset_dir = str(dataset.resolve())
         data_note = f"Data: the dataset at {dataset_dir}."
@@ -455,7 +452,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.dry_run:
         for run in runs:
             done = "done" if _marker(out, run.name, "evaluate").exists() else "todo"
-            log(f"[{done}] {run.name}  ({CONFIG_FILES[run.stage]} + {configs})\n    "
+            log(f"[{done}] {run.name}  ({' + '.join(Path(f).name for f in [*CONFIG_FILES[run.stage], *configs])})\n    "
                 + json.dumps(run.overrides))
         return {"planned": [run.name for run in runs], "trained": [], "evaluated": []}
 
@@ -467,7 +464,7 @@ def main(argv: list[str] | None = None) -> dict:
     _write_datalists(runs, configs, dataset_dir, args.split_seed, log)
     trained, evaluated = [], []
     for run in runs:
-        files = [CONFIG_FILES[run.stage], *configs]
+        files = [*CONFIG_FILES[run.stage], *configs]
         if _step(out, run.name, "train", lambda: _train(run, files), log):
             trained.append(run.name)
             _marker(out, run.name, "evaluate").unlink(missing_ok=True)  # a retrained run is evaluated again

@@ -6,7 +6,7 @@ the segmentation gradient's — on the first convolution (which feeds every skip
 student parameters — and the cosine between the two. A ratio far above 1 means the term, not the spleen,
 decides what the early layers learn.
 
-    python scripts/gradient_ratio.py --config_file "['configs/kd.json','configs/demo.json']" \\
+    python scripts/gradient_ratio.py --config_file "['configs/train.json','configs/kd.json','configs/demo.json']" \\
         --teacher_ckpt runs/proof/models/teacher-T1/model.pt --dataset_dir runs/proof/phantoms --json eval/gradients.json
 """
 
@@ -15,16 +15,14 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import os
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
+from monai.bundle import ConfigParser
+from monai.utils import set_determinism
 
-import torch  # noqa: E402
-from monai.bundle import ConfigParser  # noqa: E402
-from monai.utils import set_determinism  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+KD_CONFIGS = [str(ROOT / "configs" / name) for name in ("train.json", "kd.json", "demo.json")]
 
 TERMS = ("pmd", "cwd", "dist", "infonce_encoder", "infonce_bottleneck", "infonce_decoder", "mse_encoder")
 
@@ -33,7 +31,7 @@ def measure(parser: ConfigParser, terms: tuple[str, ...], batches: int) -> dict:
     network = parser.get_parsed_content("network")
     teacher = parser.get_parsed_content("teacher")
     loader = parser.get_parsed_content("train#dataloader")
-    seg = parser.get_parsed_content("loss_terms#seg")
+    seg = parser.get_parsed_content("seg_term")
     chosen = {name: parser.get_parsed_content(f"loss_terms#{name}") for name in terms}
     params = [p for p in network.parameters() if p.requires_grad]
     first = next(m for m in network.modules() if isinstance(m, torch.nn.Conv2d)).weight
@@ -43,8 +41,8 @@ def measure(parser: ConfigParser, terms: tuple[str, ...], batches: int) -> dict:
         image, label = batch["image"].as_tensor(), batch["label"].as_tensor()
         with torch.no_grad():
             teacher_out = teacher(image, return_features=True)
-        student_out = network(image, return_features=True)
-        sources = {"student": student_out, "teacher": teacher_out, "batch": {"image": image, "label": label}}
+        network_out = network(image, return_features=True)
+        sources = {"network": network_out, "teacher": teacher_out, "batch": {"image": image, "label": label}}
         reference = torch.autograd.grad(seg.weight * seg(sources), params, retain_graph=True)
         ref_first = torch.autograd.grad(seg.weight * seg(sources), first, retain_graph=True)[0]
         ref_all = torch.cat([g.flatten() for g in reference])
@@ -62,7 +60,7 @@ def measure(parser: ConfigParser, terms: tuple[str, ...], batches: int) -> dict:
 
 def main(argv=None) -> dict:
     cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_argument("--config_file", default="['configs/kd.json','configs/demo.json']")
+    cli.add_argument("--config_file", default=str(KD_CONFIGS), help="config files, relative to the working directory")
     cli.add_argument("--teacher_ckpt", required=True)
     cli.add_argument("--dataset_dir", required=True)
     cli.add_argument("--datalist_file", help="default: <dataset_dir>/../gradient_datalist.json")
@@ -70,14 +68,10 @@ def main(argv=None) -> dict:
     cli.add_argument("--batches", type=int, default=6)
     cli.add_argument("--json", help="write the ratios here")
     args = cli.parse_args(argv)
-    for key in ("teacher_ckpt", "dataset_dir", "datalist_file", "json"):
-        if getattr(args, key):
-            setattr(args, key, os.path.abspath(getattr(args, key)))
-    os.chdir(ROOT)
     files = ast.literal_eval(args.config_file) if args.config_file.startswith("[") else [args.config_file]
     parser = ConfigParser()
     parser.read_config(files)
-    parser.update({"dataset_dir": args.dataset_dir, "teacher_ckpt": args.teacher_ckpt, "amp": False,
+    parser.update({"bundle_root": str(ROOT), "dataset_dir": args.dataset_dir, "teacher_ckpt": args.teacher_ckpt, "amp": False,
                    "datalist_file": args.datalist_file or str(Path(args.dataset_dir).parent / "gradient_datalist.json")})
     set_determinism(seed=parser.get_parsed_content("seed"))
     ratios = measure(parser, tuple(args.terms), args.batches)

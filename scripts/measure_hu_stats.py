@@ -22,7 +22,6 @@ import numpy as np
 from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 SHARED = ROOT.parent / "shared" / "data"
 DEFAULT_PAIRS = [  # (subject, CT, label map, label naming)

@@ -5,7 +5,7 @@
     python scripts/prepare_data.py --source_datalist my_pairs.json --label_value 1 --datalist eval/datalist.json
 
 The split parameters must match the bundle configs (``seed``, ``*_fraction``, ``label_value``,
-``datalist_file`` in configs/common.json), or the first bundle run writes a new split.
+``datalist_file`` in configs/train.json), or the first bundle run writes a new split.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import logging
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str] | None = None) -> dict:

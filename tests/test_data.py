@@ -284,15 +284,17 @@ def test_real_dicom_series_against_its_label(totalseg_dir):
     assert case["orientation"] == "LPS"  # ITK's DICOM grid; the label NIfTI is LAS, RAS reorientation aligns them
 
 
-# Preprocessing (configs/common.json#preprocessing_3d), on volumes whose answer is known
+# Preprocessing (configs/train.json#preprocessing_3d), on volumes whose answer is known
 
 
 def _preprocess(case: dict, slice_size: int) -> dict:
     from monai.bundle import ConfigParser
     from monai.transforms import Compose
 
+    from conftest import TRAIN
+
     parser = ConfigParser()
-    parser.read_config(str(Path(__file__).resolve().parents[1] / "configs/common.json"))
+    parser.read_config(TRAIN)
     parser["slice_size"] = slice_size
     return Compose(parser.get_parsed_content("preprocessing_3d"))(case)
 

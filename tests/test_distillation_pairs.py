@@ -4,12 +4,13 @@ configured heads: the losses are finite, the student and heads get gradients, th
 import pytest
 import torch
 
-from bundle.engine import CompositeLoss, LossTerm, freeze
+from bundle.losses.composite import CompositeLoss, LossTerm
 from bundle.losses.contrastive import InfoNCEFeatureLoss
 from bundle.losses.feature_regression import FeatureMSELoss
 from bundle.losses.prediction_map import PredictionMapDistillation
 from bundle.losses.region_affinity import RegionAffinityLoss
 from bundle.networks import SCALES, FeatureUNet, MultiTaskUNETR
+from bundle.teacher import freeze
 
 SIZE = 64
 
@@ -38,12 +39,12 @@ def batch():
 def test_all_scales_and_losses_adapt_between_teacher_and_student(teachers, batch, teacher_name, student_kwargs):
     teacher = teachers[teacher_name]
     student = FeatureUNet(**student_kwargs)
-    terms = {"pmd": LossTerm(PredictionMapDistillation(), ["student.seg", "teacher.seg"])}
+    terms = {"pmd": LossTerm(PredictionMapDistillation(), ["network.seg", "teacher.seg"])}
     for scale in SCALES:
         s, t = student.feature_channels[scale], teacher.feature_channels[scale]
-        terms[f"infonce_{scale}"] = LossTerm(InfoNCEFeatureLoss(s, t), [f"student.{scale}", f"teacher.{scale}"])
-        terms[f"mse_{scale}"] = LossTerm(FeatureMSELoss(s, t), [f"student.{scale}", f"teacher.{scale}"])
-        terms[f"affinity_{scale}"] = LossTerm(RegionAffinityLoss(), [f"student.{scale}", f"teacher.{scale}", "batch.label"])
+        terms[f"infonce_{scale}"] = LossTerm(InfoNCEFeatureLoss(s, t), [f"network.{scale}", f"teacher.{scale}"])
+        terms[f"mse_{scale}"] = LossTerm(FeatureMSELoss(s, t), [f"network.{scale}", f"teacher.{scale}"])
+        terms[f"affinity_{scale}"] = LossTerm(RegionAffinityLoss(), [f"network.{scale}", f"teacher.{scale}", "batch.label"])
     loss = CompositeLoss(terms)
     with torch.no_grad():
         teacher_out = teacher(batch["image"], return_features=True)

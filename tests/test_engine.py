@@ -6,8 +6,10 @@ from monai.inferers import SimpleInferer
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bundle.engine import CompositeLoss, ComposedLossTrainer, LossTerm, TeacherCache, loss_logs
+from bundle.engine import ComposedLossTrainer, loss_logs
+from bundle.losses.composite import CompositeLoss, LossTerm
 from bundle.networks import FeatureUNet
+from bundle.teacher import TeacherCache
 
 
 def _loader(n=8, size=32, seed=0):
@@ -33,27 +35,29 @@ def _trainer(student, loss, teacher=None, cache=None, epochs=2):
                                teacher_cache=cache, decollate=False)
 
 
-def test_loss_term_rejects_malformed_addresses():
-    with pytest.raises(ValueError, match="'seg' must look like"):
+def test_loss_term_rejects_malformed_addresses_naming_the_valid_forms():
+    with pytest.raises(ValueError, match="'seg' must look like 'network.seg', 'teacher.encoder' or 'batch.label'"):
         LossTerm(nn.MSELoss(), ["seg", "batch.label"])
-    with pytest.raises(ValueError, match="source one of"):
+    with pytest.raises(ValueError, match=r"source one of \('network', 'teacher', 'batch'\)"):
         LossTerm(nn.MSELoss(), ["model.seg", "batch.label"])
+    with pytest.raises(ValueError, match="'student.seg' must look like"):  # a config naming the old source fails loudly
+        LossTerm(nn.MSELoss(), ["student.seg", "batch.label"])
 
 
 def test_loss_term_names_the_missing_output():
-    term = LossTerm(nn.MSELoss(), ["student.rec", "batch.image"])
-    with pytest.raises(KeyError, match=r"student.rec.*provides only \['seg'\]"):
-        term({"student": {"seg": torch.zeros(1)}, "teacher": None, "batch": {"image": torch.zeros(1)}})
+    term = LossTerm(nn.MSELoss(), ["network.rec", "batch.image"])
+    with pytest.raises(KeyError, match=r"network.rec.*provides only \['seg'\]"):
+        term({"network": {"seg": torch.zeros(1)}, "teacher": None, "batch": {"image": torch.zeros(1)}})
 
 
 def test_composite_loss_is_the_weighted_sum_of_its_terms():
-    student = {"a": torch.tensor([1.0, 3.0]), "b": torch.tensor([0.0, 0.0])}
+    network = {"a": torch.tensor([1.0, 3.0]), "b": torch.tensor([0.0, 0.0])}
     batch = {"t": torch.tensor([0.0, 1.0])}
     loss = CompositeLoss({
-        "first": LossTerm(nn.MSELoss(), ["student.a", "batch.t"], weight=2.0),   # mean(1, 4) = 2.5
-        "second": LossTerm(nn.L1Loss(), ["student.b", "batch.t"], weight=0.5),   # mean(0, 1) = 0.5
+        "first": LossTerm(nn.MSELoss(), ["network.a", "batch.t"], weight=2.0),   # mean(1, 4) = 2.5
+        "second": LossTerm(nn.L1Loss(), ["network.b", "batch.t"], weight=0.5),   # mean(0, 1) = 0.5
     })
-    total, terms = loss(student, None, batch)
+    total, terms = loss(network, None, batch)
     assert terms == {"first": pytest.approx(2.5), "second": pytest.approx(0.5)}
     assert total.item() == pytest.approx(2.0 * 2.5 + 0.5 * 0.5)
     assert loss_logs({"loss": total, "loss_terms": terms}) == {
@@ -61,7 +65,7 @@ def test_composite_loss_is_the_weighted_sum_of_its_terms():
 
 
 def test_teacher_terms_without_a_teacher_fail_at_construction():
-    loss = CompositeLoss({"kd": LossTerm(nn.MSELoss(), ["student.seg", "teacher.seg"])})
+    loss = CompositeLoss({"kd": LossTerm(nn.MSELoss(), ["network.seg", "teacher.seg"])})
     with pytest.raises(ValueError, match="no `teacher` was given"):
         _trainer(_student(), loss)
 
@@ -71,8 +75,8 @@ def test_distillation_keeps_the_teacher_bit_identical_and_trains_the_student():
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     student_before = {k: v.clone() for k, v in student.state_dict().items()}
     loss = CompositeLoss({
-        "seg": LossTerm(nn.BCEWithLogitsLoss(), ["student.seg", "batch.label"]),
-        "kd": LossTerm(nn.MSELoss(), ["student.seg", "teacher.seg"], weight=0.5),
+        "seg": LossTerm(nn.BCEWithLogitsLoss(), ["network.seg", "batch.label"]),
+        "kd": LossTerm(nn.MSELoss(), ["network.seg", "teacher.seg"], weight=0.5),
     })
     trainer = _trainer(student, loss, teacher=teacher)
     teacher.train()  # the trainer must put it back in eval mode itself
@@ -114,7 +118,7 @@ def test_cached_and_uncached_distillation_train_the_same_student():
     for cache in (None, TeacherCache()):
         torch.manual_seed(0)
         student = _student()
-        loss = CompositeLoss({"kd": LossTerm(nn.MSELoss(), ["student.seg", "teacher.seg"])})
+        loss = CompositeLoss({"kd": LossTerm(nn.MSELoss(), ["network.seg", "teacher.seg"])})
         _trainer(student, loss, teacher=_teacher(), cache=cache, epochs=3).run()
         runs.append(student.state_dict())
     for k in runs[0]:
@@ -123,7 +127,7 @@ def test_cached_and_uncached_distillation_train_the_same_student():
 
 def test_epoch_means_of_the_terms_are_those_of_the_epoch_just_finished():
     seen = []
-    loss = CompositeLoss({"seg": LossTerm(nn.BCEWithLogitsLoss(), ["student.seg", "batch.label"])})
+    loss = CompositeLoss({"seg": LossTerm(nn.BCEWithLogitsLoss(), ["network.seg", "batch.label"])})
     trainer = _trainer(_student(), loss, epochs=2)
     per_iteration = []
     from ignite.engine import Events
@@ -150,7 +154,7 @@ def test_fp16_amp_scales_every_loss_with_the_scaler_monai_creates_in_run(monkeyp
     """MONAI creates the scaler inside ``Trainer.run()``: deciding in ``__init__`` saw None and never scaled."""
     spies = []
     monkeypatch.setattr(torch.cuda.amp, "GradScaler", lambda *a, **k: spies.append(_SpyScaler()) or spies[-1])
-    loss = CompositeLoss({"seg": LossTerm(nn.BCEWithLogitsLoss(), ["student.seg", "batch.label"])})
+    loss = CompositeLoss({"seg": LossTerm(nn.BCEWithLogitsLoss(), ["network.seg", "batch.label"])})
     student = _student()
     optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
     trainer = ComposedLossTrainer(device=torch.device("cpu"), max_epochs=2, train_data_loader=_loader(),
@@ -165,7 +169,7 @@ def test_fp16_amp_scales_every_loss_with_the_scaler_monai_creates_in_run(monkeyp
 
 @pytest.mark.parametrize("name, value", [("accumulation_steps", 4), ("compile", True), ("inferer", SimpleInferer())])
 def test_trainer_refuses_supervised_trainer_options_it_does_not_honour(name, value):
-    loss = CompositeLoss({"seg": LossTerm(nn.BCEWithLogitsLoss(), ["student.seg", "batch.label"])})
+    loss = CompositeLoss({"seg": LossTerm(nn.BCEWithLogitsLoss(), ["network.seg", "batch.label"])})
     student = _student()
     with pytest.raises(ValueError, match=rf"does not support `{name}=.*remove `{name}` from the trainer config"):
         ComposedLossTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=_loader(), network=student,

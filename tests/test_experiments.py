@@ -14,10 +14,7 @@ import pytest
 from scipy import stats as sps
 
 from bundle import stats
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = {"_target_": "bundle.networks.FeatureUNet", "in_channels": 1, "out_channels": 1, "channels": [4, 8],
-        "bottleneck": 8, "convs_per_block": 1}
+from conftest import REPO, TINY_STUDENT as TINY
 
 
 def _script(name: str):
@@ -133,13 +130,18 @@ def test_thesis_grid_size_names_and_overrides(tmp_path):
     by_name = {r.name: r for r in runs}
     assert "teacher_def" not in by_name["teacher-T1"].overrides  # T1: the configs' own teacher
     assert by_name["teacher-T2"].overrides["teacher_def"]["img_size"] == "@slice_size"
+    # every run: the bundle in the repository, its outputs under OUT, checkpoints by run name, nothing published
+    for run in runs:
+        assert run.overrides["bundle_root"] == str(REPO) and run.overrides["output_root"] == str(tmp_path)
+        assert run.overrides["run_name"] == run.name and run.overrides["publish"] is False
+        assert not {"loss#terms", "ckpt_dir", "train_state_dir"} & set(run.overrides), run.name
     mse = by_name["T2-S2-f50-mse_bed-s1"].overrides
-    assert mse["loss#terms"] == {"seg": "@loss_terms#seg", "mse_bottleneck": "@loss_terms#mse_bottleneck",
-                                 "mse_encoder": "@loss_terms#mse_encoder", "mse_decoder": "@loss_terms#mse_decoder"}
+    assert mse["distill"] == ["mse_bottleneck", "mse_encoder", "mse_decoder"]
     assert mse["teacher_ckpt"] == str(tmp_path / "models/teacher-T2/model.pt") and mse["seed"] == 1
     assert mse["student_def"]["channels"] == [16, 32, 64] and mse["teacher_def"]["_target_"].endswith("MultiTaskUNETR")
-    assert set(by_name["T1-S1-f50-nce_e+pmd-s0"].overrides["loss#terms"]) == {"seg", "infonce_encoder", "pmd"}
-    assert set(by_name["T1-S1-f50-ra_e-s0"].overrides["loss#terms"]) == {"seg", "region_affinity_encoder"}
+    assert by_name["T1-S1-f50-nce_e+pmd-s0"].overrides["distill"] == ["infonce_encoder", "pmd"]
+    assert by_name["T1-S1-f50-ra_e-s0"].overrides["distill"] == ["region_affinity_encoder"]
+    assert "distill" not in by_name["S1-f50-base-s0"].overrides and "distill" not in by_name["teacher-T1"].overrides
     full = by_name["T1-S1-f100-nce_bed+pmd-s2"]
     assert full.overrides["student_fraction"] == 1.0 and full.overrides["datalist_file"].endswith("split0-f100.json")
     assert full.baseline == "S1-f100-base" and by_name["S1-f100-base-s2"].overrides["student_fraction"] == 1.0
@@ -154,12 +156,14 @@ def test_thesis_grid_size_names_and_overrides(tmp_path):
 
 
 def test_smoke_grid_and_dry_run_plan_without_running(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(REPO)
+    monkeypatch.chdir(tmp_path)  # the runner works from any directory
     result = experiments.main(["--out", str(tmp_path / "out"), "--grid", "smoke", "--dry_run"])
     assert result["planned"] == ["teacher-T1", "S1-f50-base-s0", "T1-S1-f50-nce_e-s0", "T1-S1-f50-nce_bed+pmd-s0",
                                  "S1-f50-base-s1", "T1-S1-f50-nce_e-s1", "T1-S1-f50-nce_bed+pmd-s1"]
     assert result["trained"] == [] and not (tmp_path / "out").exists()
-    assert "configs/kd.json + ['configs/demo.json']" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "(train.json + kd.json + demo.json)" in printed and "(train.json + teacher.json + demo.json)" in printed
+    assert "(train.json + demo.json)" in printed  # the baseline student: the base config alone
     only = experiments.main(["--out", str(tmp_path / "out"), "--grid", "thesis", "--dry_run",
                              "--only", "T2-S1-f100-nce_e-s1"])
     assert only["planned"] == ["teacher-T2", "S1-f100-base-s1", "T2-S1-f100-nce_e-s1"]  # with what it needs
@@ -176,8 +180,7 @@ def test_proof_grid_plans_the_assistant_chain_and_the_unlabelled_arm(tmp_path):
     chained = by_name["TA-S1-f50-ta_pmd-s1"]
     assert chained.overrides["teacher_def"] == assistant.network and chained.teacher == "assistant-TA"
     assert chained.overrides["teacher_ckpt"] == str(tmp_path / "models/assistant-TA/model.pt")
-    assert chained.baseline == "S1-f50-base" and chained.overrides["loss#terms"] == {
-        "seg": "@loss_terms#seg", "pmd": "@loss_terms#pmd"}
+    assert chained.baseline == "S1-f50-base" and chained.overrides["distill"] == ["pmd"]
     assert by_name["T1-S1-f50-pmd+unl-s0"].overrides["use_unlabeled"] is True
     assert "use_unlabeled" not in by_name["T1-S1-f50-pmd-s0"].overrides
     assert [r.name for r in experiments.select(runs, ["TA-S1-f50-ta_pmd-s1"])] == [
@@ -226,7 +229,7 @@ def test_compare_runs_groups_seeds_and_finds_baselines(tmp_path):
     for seed in (0, 1):
         for config, params in (("S1-f50-base", {**student, "loss_terms": "seg"}), ("T1-S1-f50-nce_enc", kd)):
             log_run(f"{config}-s{seed}", {**params, "seed": seed}, {"val_mean_dice": 0.5})
-            _write_csv(tmp_path / f"{config}-s{seed}", [d + 0.01 * seed for d in dice[config]])
+            _write_csv(tmp_path / f"{config}-s{seed}" / "test", [d + 0.01 * seed for d in dice[config]])
     # at 100 % there is no baseline, and no CSV: the table falls back on the logged test mean
     log_run("T1-S1-f100-nce_enc-s0", {**kd, "student_fraction": 1.0, "seed": 0}, {"test_dice": 0.9})
 
@@ -250,7 +253,9 @@ def test_compare_runs_groups_seeds_and_finds_baselines(tmp_path):
 def test_tiny_grid_end_to_end_and_rerun_does_nothing(phantom_dir, tmp_path, monkeypatch):
     import mlflow
 
-    monkeypatch.chdir(REPO)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the runner works from any directory and writes only under --out
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri elsewhere sets it
     grid = {"description": "tiny", "configs": [], "seeds": [0],
             "overrides": {"slice_size": 32, "epochs": 1, "val_interval": 1, "slices_per_volume": 4,
@@ -266,7 +271,8 @@ def test_tiny_grid_end_to_end_and_rerun_does_nothing(phantom_dir, tmp_path, monk
     first = experiments.main(argv)
     assert first["trained"] == names and first["evaluated"] == names
     for name in names:
-        rows = (out / "eval" / name / "metrics.csv").read_text().splitlines()
+        rows = (experiments.eval_dir(out, name) / "metrics.csv").read_text().splitlines()
+        assert experiments.eval_dir(out, name) == out / "eval" / name / "test"
         assert rows[0].startswith("case,dice,iou") and len(rows) == 3  # two test volumes
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'eval' / 'mlruns.db'}")
     experiment = client.get_experiment_by_name("spleen-kd").experiment_id
@@ -280,16 +286,20 @@ def test_tiny_grid_end_to_end_and_rerun_does_nothing(phantom_dir, tmp_path, monk
 
     summary = json.loads((out / "summary.json").read_text())
     base = {r.split(",")[0]: float(r.split(",")[1]) for r in
-            (out / "eval" / "S1-f50-base-s0" / "metrics.csv").read_text().splitlines()[1:]}
+            (out / "eval/S1-f50-base-s0/test/metrics.csv").read_text().splitlines()[1:]}
     assert summary["baseline"]["dice_per_volume"] == pytest.approx(base) and summary["test_volumes"] == 2
     for name in ("T1-S1-f50-nce_enc", "T1-S1-f50-mse_enc+pmd"):
-        rows = (out / "eval" / f"{name}-s0" / "metrics.csv").read_text().splitlines()[1:]
+        rows = (out / "eval" / f"{name}-s0" / "test/metrics.csv").read_text().splitlines()[1:]
         ours = {r.split(",")[0]: float(r.split(",")[1]) for r in rows}
         variant = summary["variants"][name]
         assert variant["gain"] == pytest.approx(np.mean([ours[c] - base[c] for c in base]))
         assert variant["p_holm"] >= variant["p"] or math.isnan(variant["p"])
     assert (out / "summary.png").stat().st_size > 0
 
+    assert (out / "models/teacher-T1/model.pt").is_file() and (out / "models/T1-S1-f50-nce_enc-s0/model.pt").is_file()
+    assert not (out / "models/model.pt").exists()  # grid runs never replace the served model
+
     again = experiments.main(argv)
     assert again["trained"] == [] and again["evaluated"] == []
     assert len(client.search_runs([experiment])) == 4
+    assert not list(elsewhere.iterdir())

@@ -10,6 +10,7 @@ from monai.bundle import ckpt_export, onnx_export
 
 from bundle.deploy import OnnxRuntimeNetwork
 from bundle.networks import FeatureUNet
+from conftest import META_FILE, WORKFLOWS
 
 STUDENTS = {"S1": {"channels": [16, 32], "bottleneck": 64},
             "S1-fast": {"channels": [16, 32], "bottleneck": 64, "stem_stride": 2}}
@@ -38,14 +39,14 @@ def _checkpoint(tmp_path, kwargs):
 
 
 def _export_args(tmp_path, kwargs, ckpt):
-    return dict(net_id="network_def", ckpt_file=str(ckpt), meta_file="configs/metadata.json",
-                config_file="configs/inference.json", input_shape=[1, 1, 128, 128],
+    return dict(net_id="network_def", ckpt_file=str(ckpt), meta_file=META_FILE,
+                config_file=WORKFLOWS["inference"], input_shape=[1, 1, 128, 128],
                 network_def={"_target_": "bundle.networks.FeatureUNet", **kwargs})
 
 
 @pytest.mark.parametrize("name", list(STUDENTS))
-def test_torchscript_export_matches(name, tmp_path, ct_slices, monkeypatch, request):
-    monkeypatch.chdir(request.config.rootpath)
+def test_torchscript_export_matches(name, tmp_path, ct_slices, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # exports from any directory
     network, ckpt = _checkpoint(tmp_path, STUDENTS[name])
     ckpt_export(filepath=str(tmp_path / "model.ts"), use_trace=True, **_export_args(tmp_path, STUDENTS[name], ckpt))
     scripted = torch.jit.load(str(tmp_path / "model.ts"))
@@ -54,8 +55,8 @@ def test_torchscript_export_matches(name, tmp_path, ct_slices, monkeypatch, requ
 
 
 @pytest.mark.parametrize("name", list(STUDENTS))
-def test_onnx_export_matches_for_any_batch(name, tmp_path, ct_slices, monkeypatch, request):
-    monkeypatch.chdir(request.config.rootpath)
+def test_onnx_export_matches_for_any_batch(name, tmp_path, ct_slices, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # exports from any directory
     network, ckpt = _checkpoint(tmp_path, STUDENTS[name])
     onnx_export(filepath=str(tmp_path / "model.onnx"), **_export_args(tmp_path, STUDENTS[name], ckpt),
                 converter_kwargs={"dynamic_axes": {"x": {0: "batch"}}, "input_names": ["x"]})

@@ -13,9 +13,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import run
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import TRAIN, bundle_run, config_files
+
 PROBE = {"_target_": "tests.geometry_probe.IntensityAsProbability"}
 INSIDE_HU, OUTSIDE_HU = 164, -57  # the ends of the default HU window
 
@@ -101,21 +101,14 @@ def probe_checkpoint(tmp_path) -> Path:
     return path
 
 
-def _bundle_run(run_id, config, **overrides):
-    run(run_id=run_id, config_file=[f"configs/{config}.json"], meta_file="configs/metadata.json",
-        logging_file="configs/logging.conf", **overrides)
-
-
 @pytest.mark.parametrize("case, slice_size", [("ras_nifti", 96), ("dicom_las", 256), ("lps_las", 64)])
-def test_a_perfect_prediction_scores_one_in_evaluation(case, slice_size, totalseg_dir, probe_checkpoint, tmp_path,
-                                                       monkeypatch):
-    monkeypatch.chdir(REPO)
+def test_a_perfect_prediction_scores_one_in_evaluation(case, slice_size, totalseg_dir, probe_checkpoint, tmp_path):
     make = {"ras_nifti": lambda: _ras_nifti(totalseg_dir, tmp_path),
             "dicom_las": lambda: _dicom_series_and_las_label(totalseg_dir, tmp_path),
             "lps_las": lambda: _lps_image_and_las_label(tmp_path)}[case]
-    _bundle_run("evaluating", "evaluate", bundle_root=str(tmp_path), cases=[make()], network_def=PROBE,
-                ckpt_path=str(probe_checkpoint), slice_size=slice_size, run_name="geometry", amp=False)
-    summary = json.loads((tmp_path / "eval/geometry/summary.json").read_text())
+    bundle_run("evaluating", config_files("student", "evaluate"), output_root=str(tmp_path), cases=[make()],
+               network_def=PROBE, ckpt_path=str(probe_checkpoint), slice_size=slice_size, run_name="geometry", amp=False)
+    summary = json.loads((tmp_path / "eval/geometry/test/summary.json").read_text())
     assert summary["volumes"] == 1
     assert summary["metrics"]["dice"]["mean"] >= 0.99, summary["metrics"]
 
@@ -134,13 +127,12 @@ def _label_on_grid(label_path: str, shape, affine) -> np.ndarray:
 
 @pytest.mark.parametrize("case, slice_size", [("lps_las", 64), ("dicom_las", 256)])
 def test_inference_of_a_non_ras_input_matches_its_known_mask(case, slice_size, totalseg_dir, probe_checkpoint,
-                                                            tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)
+                                                            tmp_path):
     made = (_lps_image_and_las_label(tmp_path) if case == "lps_las"
             else _dicom_series_and_las_label(totalseg_dir, tmp_path))
-    _bundle_run("run", "inference", bundle_root=str(tmp_path), input_files=[made["image"]],
-                output_dir=str(tmp_path / "out"), network_def=PROBE, ckpt_path=str(probe_checkpoint),
-                slice_size=slice_size)
+    bundle_run("run", "inference", output_root=str(tmp_path), input_files=[made["image"]],
+               output_dir=str(tmp_path / "out"), network_def=PROBE, ckpt_path=str(probe_checkpoint),
+               slice_size=slice_size)
     (written_path,) = (tmp_path / "out").glob("*_seg.nii.gz")
     written = nib.load(written_path)
     predicted = np.asarray(written.dataobj) > 0
@@ -153,16 +145,15 @@ def test_inference_of_a_non_ras_input_matches_its_known_mask(case, slice_size, t
     assert dice >= 0.99, dice
 
 
-def test_training_labels_are_resized_onto_the_resized_image(tmp_path, monkeypatch):
+def test_training_labels_are_resized_onto_the_resized_image(tmp_path):
     """The label of a training slice covers what the image shows: torch's plain `nearest` samples the top-left
     of each cell, half an output pixel off the image's smooth resize at non-integer factors (Dice ~0.95)."""
     from monai.bundle import ConfigParser
     from monai.transforms import Compose
 
-    monkeypatch.chdir(REPO)
     case = _lps_image_and_las_label(tmp_path)
     parser = ConfigParser()
-    parser.read_config("configs/common.json")
+    parser.read_config(TRAIN)
     parser["slice_size"] = 64  # 150 x 130 voxels -> 64 x 64: factors 2.34 and 2.03
     data = Compose(parser.get_parsed_content("preprocessing_3d"))(case)
     shown, label = data["image"][0] > 0.5, data["label"][0] > 0.5

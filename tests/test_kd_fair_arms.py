@@ -7,8 +7,6 @@ before training starts. A different seed must change the stream, so the test can
 """
 
 import hashlib
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,92 +15,85 @@ from monai.bundle import ConfigParser
 from monai.utils import set_determinism
 
 from bundle.networks import FeatureUNet
+from conftest import REPO, TINY_STUDENT as STUDENT, TINY_TEACHER as TEACHER, config_files
 
-REPO = Path(__file__).resolve().parents[1]
-TEACHER = {"_target_": "bundle.networks.FeatureUNet", "in_channels": 1, "out_channels": 1, "channels": [4, 8],
-           "bottleneck": 8, "convs_per_block": 1, "reconstruction": True}
-STUDENT = {"_target_": "bundle.networks.FeatureUNet", "in_channels": 1, "out_channels": 1, "channels": [4, 8],
-           "bottleneck": 8, "convs_per_block": 1}
-ALL_KD_TERMS = {"seg": "@loss_terms#seg", "infonce_encoder": "@loss_terms#infonce_encoder",
-                "infonce_decoder": "@loss_terms#infonce_decoder", "mse_bottleneck": "@loss_terms#mse_bottleneck",
-                "pmd": "@loss_terms#pmd", "cwd": "@loss_terms#cwd", "dist": "@loss_terms#dist"}
+ALL_KD_TERMS = ["infonce_encoder", "infonce_decoder", "mse_bottleneck", "pmd", "cwd", "dist"]
 
 
 @pytest.fixture(scope="module")
 def setup(phantom_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("fair")
     torch.save(FeatureUNet(channels=(4, 8), bottleneck=8, reconstruction=True).state_dict(), root / "teacher.pt")
-    common = dict(bundle_root=str(root), dataset_dir=str(phantom_dir), datalist_file=str(root / "datalist.json"),
-                  slice_size=32, epochs=2, val_interval=1, slices_per_volume=4, sw_batch_size=32,
-                  teacher_def=TEACHER, student_def=STUDENT, amp=False, teacher_ckpt=str(root / "teacher.pt"))
+    common = dict(bundle_root=str(REPO), output_root=str(root), dataset_dir=str(phantom_dir), slice_size=32, epochs=2,
+                  val_interval=1, slices_per_volume=4, sw_batch_size=32, teacher_def=TEACHER, student_def=STUDENT,
+                  amp=False, teacher_ckpt=str(root / "teacher.pt"))
     return root, common
 
 
-def _trace(config: str, overrides: dict) -> dict:
-    """Resolve a workflow config, train it, and record what the student started from and saw."""
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
-        parser = ConfigParser()
-        parser.read_config([f"configs/{config}.json"])
-        parser.update(overrides)
-        set_determinism(seed=parser.get_parsed_content("seed"))  # as the workflow's "training" list does
-        trainer = parser.get_parsed_content("train#trainer")
-        seen = {"batches": [], "labelled": []}
+def _term(term, parser) -> tuple:
+    """What the segmentation term computes: its config, its loss, inputs, weight, warm-up and label filter."""
+    return (parser.get("seg_term"), parser.get("seg_loss"), parser.get_parsed_content("w_seg"), repr(term.loss),
+            term.inputs, term.weight, term.warmup_epochs, term.labeled_only)
 
-        @trainer.on(Events.STARTED)
-        def _initial(engine):
-            seen["weights"] = {k: v.clone() for k, v in engine.network.state_dict().items()}
 
-        @trainer.on(Events.ITERATION_STARTED)
-        def _batch(engine):
-            batch = engine.state.batch
-            rows = batch["image"]
-            if "labeled" in batch:
-                rows = rows[batch["labeled"].bool()]
-                seen["labelled"].append(int(batch["labeled"].sum()))
-            seen["batches"].append(hashlib.sha256(rows.as_tensor().numpy().tobytes()).hexdigest())
+def _trace(workflow: str, overrides: dict) -> dict:
+    """Resolve a workflow's configs (train.json and its overrides), train it, and record what the student
+    started from and saw."""
+    parser = ConfigParser()
+    parser.read_config(config_files(workflow))
+    parser.update(overrides)
+    set_determinism(seed=parser.get_parsed_content("seed"))  # as the workflow's "initialize" list does
+    trainer = parser.get_parsed_content("train#trainer")
+    seen = {"batches": [], "labelled": []}
 
-        trainer.run()
-        optimizer = parser.get_parsed_content("optimizer")
-        seen["optimizer"] = (type(optimizer).__name__,
-                             {k: v for k, v in optimizer.param_groups[0].items() if k != "params"})
-        seen["schedule"] = (trainer.state.max_epochs, trainer.state.epoch_length,
-                            parser.get_parsed_content("val_interval"), parser.get("best_model_saver"))
-        seen["student_terms"] = parser.get("loss_terms#seg#loss") if config == "kd" else parser.get(
-            "loss#terms#seg#loss")
-        return seen
-    finally:
-        os.chdir(cwd)
+    @trainer.on(Events.STARTED)
+    def _initial(engine):
+        seen["weights"] = {k: v.clone() for k, v in engine.network.state_dict().items()}
+
+    @trainer.on(Events.ITERATION_STARTED)
+    def _batch(engine):
+        batch = engine.state.batch
+        rows = batch["image"]
+        if "labeled" in batch:
+            rows = rows[batch["labeled"].bool()]
+            seen["labelled"].append(int(batch["labeled"].sum()))
+        seen["batches"].append(hashlib.sha256(rows.as_tensor().numpy().tobytes()).hexdigest())
+
+    trainer.run()
+    optimizer = parser.get_parsed_content("optimizer")
+    seen["optimizer"] = (type(optimizer).__name__,
+                         {k: v for k, v in optimizer.param_groups[0].items() if k != "params"})
+    seen["schedule"] = (trainer.state.max_epochs, trainer.state.epoch_length,
+                        parser.get_parsed_content("val_interval"), parser.get("best_model_saver"))
+    loss = parser.get_parsed_content("loss")
+    seen["terms"] = list(loss.terms)
+    seen["student_term"] = _term(loss.terms["seg"], parser)
+    return seen
 
 
 def test_baseline_and_distillation_arms_share_init_data_order_optimizer_and_selection(setup):
-    root, common = setup
-    base = _trace("student", {**common, "run_name": "base", "ckpt_dir": str(root / "base"),
-                              "train_state_dir": str(root / "base")})
-    kd = _trace("kd", {**common, "run_name": "kd", "ckpt_dir": str(root / "kd"), "train_state_dir": str(root / "kd"),
-                       "loss#terms": ALL_KD_TERMS})
+    _, common = setup
+    base = _trace("student", {**common, "run_name": "base"})
+    kd = _trace("kd", {**common, "run_name": "kd", "distill": ALL_KD_TERMS})
+    assert kd["terms"] == ["seg", *ALL_KD_TERMS] and base["terms"] == ["seg"]  # the arms differ in the loss
     assert base["weights"].keys() == kd["weights"].keys()
     assert all(torch.equal(base["weights"][k], kd["weights"][k]) for k in base["weights"])
     assert len(base["batches"]) == 2 * 3 and base["batches"] == kd["batches"]  # 3 student volumes, 2 epochs
     assert base["optimizer"] == kd["optimizer"]
     assert base["schedule"][:3] == kd["schedule"][:3]
     assert base["schedule"][3]["key_metric_filename"] == kd["schedule"][3]["key_metric_filename"]
-    assert base["student_terms"] == kd["student_terms"]
+    assert base["student_term"] == kd["student_term"]
 
-    other = _trace("student", {**common, "seed": 1, "run_name": "s1", "ckpt_dir": str(root / "s1"),
-                               "train_state_dir": str(root / "s1")})
+    other = _trace("student", {**common, "seed": 1, "run_name": "s1"})
     assert other["batches"] != base["batches"]
     first = next(iter(base["weights"]))
     assert not torch.equal(other["weights"][first], base["weights"][first])
 
 
 def test_unlabelled_arm_keeps_the_baselines_labelled_slices(setup):
-    root, common = setup
-    base = _trace("student", {**common, "run_name": "base2", "ckpt_dir": str(root / "base2"),
-                              "train_state_dir": str(root / "base2")})
-    unl = _trace("kd", {**common, "run_name": "unl", "ckpt_dir": str(root / "unl"), "train_state_dir": str(root / "unl"),
-                        "use_unlabeled": True, "loss#terms": {"seg": "@loss_terms#seg", "pmd": "@loss_terms#pmd"}})
+    _, common = setup
+    base = _trace("student", {**common, "run_name": "base2"})
+    unl = _trace("kd", {**common, "run_name": "unl", "use_unlabeled": True, "distill": ["pmd"]})
     assert unl["labelled"] == [4] * 6  # each batch: the baseline's 4 labelled slices + 4 unlabelled ones
     assert unl["batches"] == base["batches"]
     assert all(torch.equal(base["weights"][k], unl["weights"][k]) for k in base["weights"])

@@ -1,5 +1,5 @@
-"""Dense logit distillation (CWD, DIST), sound InfoNCE, warm-up and labelled-only terms: known answers
-and where gradients go."""
+"""Dense logit distillation (CWD, DIST), sound InfoNCE, and what a LossTerm does around its loss (warm-up,
+labelled-only rows, float32 inputs, a detached teacher): known answers and where gradients go."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from bundle.engine import CompositeLoss, LossTerm
+from bundle.losses.composite import CompositeLoss, LossTerm
 from bundle.losses.contrastive import InfoNCEFeatureLoss, distinct_rows
 from bundle.losses.logit_maps import ChannelWiseDistillation, InterPixelCorrelation, class_maps
 
@@ -15,6 +15,10 @@ from bundle.losses.logit_maps import ChannelWiseDistillation, InterPixelCorrelat
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def _sources(network: dict, teacher: dict | None = None, batch: dict | None = None) -> dict:
+    return {"network": network, "teacher": teacher, "batch": batch or {}}
 
 
 # --------------------------------------------------------------------------- CWD
@@ -53,13 +57,13 @@ def test_dist_inter_pixel_correlation_known_answers():
 
 @pytest.mark.parametrize("loss", [ChannelWiseDistillation(), InterPixelCorrelation()], ids=["cwd", "dist"])
 def test_logit_losses_send_gradients_to_the_student_only(loss):
+    term = LossTerm(loss, ["network.seg", "teacher.seg"])
     student = torch.randn(2, 1, 12, 12, requires_grad=True)
     teacher = torch.randn(2, 1, 6, 6, requires_grad=True)  # another size: resized to the student's
-    out = loss(student, teacher)
-    out.backward()
+    term(_sources({"seg": student}, {"seg": teacher})).backward()
     assert student.grad.abs().sum() > 0
     assert teacher.grad is None
-    half = loss(student.detach().half(), teacher.detach().half())
+    half = term(_sources({"seg": student.detach().half()}, {"seg": teacher.detach().half()}))
     assert half.dtype == torch.float32 and torch.isfinite(half)
 
 
@@ -108,36 +112,65 @@ def test_infonce_is_normalised_to_one_at_chance():
     assert value.item() == pytest.approx(1.0, rel=1e-5)
 
 
-# --------------------------------------------------------------------------- warm-up and labelled-only
+# --------------------------------------------------------------------------- LossTerm around its loss
 
 
 class _Recorder(nn.Module):
+    """A loss that keeps what it was handed (values, dtypes, whether they carry a graph)."""
+
     def __init__(self):
         super().__init__()
         self.calls = []
+        self.attached = []
 
     def forward(self, *inputs):
         self.calls.append([x.detach().clone() for x in inputs])
+        self.attached.append([x.requires_grad for x in inputs])
         return sum(x.float().mean() for x in inputs)
 
 
+def test_loss_term_detaches_the_teacher_and_only_the_teacher():
+    recorder = _Recorder()
+    term = LossTerm(recorder, ["network.seg", "teacher.seg", "batch.image"])
+    student = torch.randn(2, 1, 4, 4, requires_grad=True)
+    teacher = torch.randn(2, 1, 4, 4, requires_grad=True)  # a teacher run with grad enabled, by mistake
+    image = torch.randn(2, 1, 4, 4, requires_grad=True)
+    term(_sources({"seg": student}, {"seg": teacher}, {"image": image})).backward()
+    assert recorder.attached == [[True, False, True]]
+    assert teacher.grad is None
+    assert student.grad.abs().sum() > 0 and image.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_loss_term_hands_the_loss_float32_from_half_precision_inputs(dtype):
+    recorder = _Recorder()
+    term = LossTerm(recorder, ["network.seg", "teacher.seg", "batch.label"])
+    student = torch.randn(2, 1, 4, 4).to(dtype).requires_grad_()
+    teacher = torch.randn(2, 1, 4, 4).to(dtype)
+    label = torch.randint(0, 2, (2, 1, 4, 4))
+    term(_sources({"seg": student}, {"seg": teacher}, {"label": label})).backward()
+    assert [x.dtype for x in recorder.calls[0]] == [torch.float32, torch.float32, torch.int64]  # integers stay
+    assert torch.equal(recorder.calls[0][0], student.detach().float())
+    assert student.grad.dtype == dtype and student.grad.abs().sum() > 0  # the cast is part of the graph
+
+
 def test_warmup_ramps_the_weight_linearly():
-    term = LossTerm(_Recorder(), ["student.seg"], weight=2.0, warmup_epochs=4)
+    term = LossTerm(_Recorder(), ["network.seg"], weight=2.0, warmup_epochs=4)
     assert [term.weight_at(e) for e in (0, 1, 2.5, 4, 10)] == [0.0, 0.5, 1.25, 2.0, 2.0]
-    composite = CompositeLoss({"a": term, "b": LossTerm(_Recorder(), ["student.seg"], weight=3.0)})
+    composite = CompositeLoss({"a": term, "b": LossTerm(_Recorder(), ["network.seg"], weight=3.0)})
     seg = torch.ones(1, 1, 2, 2, requires_grad=True)
     composite.set_progress(1.0)
     total, _ = composite({"seg": seg}, None, {})
     assert total.item() == pytest.approx(0.5 * 1 + 3.0 * 1)
     with pytest.raises(ValueError, match="warmup_epochs"):
-        LossTerm(_Recorder(), ["student.seg"], warmup_epochs=-1)
+        LossTerm(_Recorder(), ["network.seg"], warmup_epochs=-1)
 
 
 def test_labelled_only_term_sees_only_labelled_rows_and_others_see_all():
     seg_loss, kd_loss = _Recorder(), _Recorder()
     composite = CompositeLoss({
-        "seg": LossTerm(seg_loss, ["student.seg", "batch.label"], labeled_only=True),
-        "kd": LossTerm(kd_loss, ["student.seg", "teacher.seg"]),
+        "seg": LossTerm(seg_loss, ["network.seg", "batch.label"], labeled_only=True),
+        "kd": LossTerm(kd_loss, ["network.seg", "teacher.seg"]),
     })
     student = torch.arange(4.0).reshape(4, 1, 1, 1).requires_grad_()
     label = torch.tensor([1.0, 0.0, 1.0, 0.0]).reshape(4, 1, 1, 1)
@@ -152,3 +185,14 @@ def test_labelled_only_term_sees_only_labelled_rows_and_others_see_all():
     none = composite({"seg": student}, {"seg": torch.zeros(4, 1, 1, 1)},
                      {"label": label, "labeled": torch.zeros(4)})[1]
     assert none["seg"].item() == 0.0 and len(seg_loss.calls) == 1  # no labelled row: the loss is not called
+
+
+def test_labelled_only_term_with_no_labelled_row_is_a_zero_tensor_even_without_gradients():
+    """Validation-style calls (no_grad) of a batch of unlabelled slices must still give a tensor the
+    composite can detach and log, not a Python float."""
+    composite = CompositeLoss({"seg": LossTerm(_Recorder(), ["network.seg", "batch.label"], labeled_only=True)})
+    with torch.no_grad():
+        total, terms = composite({"seg": torch.ones(2, 1, 1, 1)}, None,
+                                 {"label": torch.zeros(2, 1, 1, 1), "labeled": torch.zeros(2)})
+    assert isinstance(terms["seg"], torch.Tensor) and terms["seg"].item() == 0.0
+    assert total.dtype == torch.float32

@@ -2,25 +2,19 @@
 label files do not exist, and that the segmentation term never sees an unlabelled slice."""
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from ignite.engine import Events
-from monai.bundle import ConfigParser, run
+from monai.bundle import ConfigParser
 from monai.utils import set_determinism
 
 from bundle.data.datalist import DataError, load_or_create_datalist
 from bundle.data.slicing import unlabeled_images
 from bundle.networks import FeatureUNet
-
-REPO = Path(__file__).resolve().parents[1]
-TEACHER = {"_target_": "bundle.networks.FeatureUNet", "in_channels": 1, "out_channels": 1, "channels": [4, 8],
-           "bottleneck": 8, "convs_per_block": 1, "reconstruction": True}
-STUDENT = {"_target_": "bundle.networks.FeatureUNet", "in_channels": 1, "out_channels": 1, "channels": [4, 8],
-           "bottleneck": 8, "convs_per_block": 1}
+from conftest import REPO, TINY_STUDENT as STUDENT, TINY_TEACHER as TEACHER, bundle_run, config_files
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +26,9 @@ def setup(phantom_dir, tmp_path_factory):
     for pair in datalist["teacher_train"]:  # images copied without their labels
         shutil.copy(pair["image"], images / Path(pair["image"]).name)
     torch.save(FeatureUNet(channels=(4, 8), bottleneck=8, reconstruction=True).state_dict(), root / "teacher.pt")
-    common = dict(bundle_root=str(root), dataset_dir=str(phantom_dir), datalist_file=str(root / "datalist.json"),
-                  slice_size=32, epochs=2, val_interval=1, slices_per_volume=4, sw_batch_size=32,
-                  teacher_def=TEACHER, student_def=STUDENT, amp=False, teacher_ckpt=str(root / "teacher.pt"),
+    common = dict(bundle_root=str(REPO), output_root=str(root), dataset_dir=str(phantom_dir),
+                  datalist_file=str(root / "datalist.json"), slice_size=32, epochs=2, val_interval=1,
+                  slices_per_volume=4, sw_batch_size=32, teacher_def=TEACHER, student_def=STUDENT, amp=False, teacher_ckpt=str(root / "teacher.pt"),
                   use_unlabeled=True, unlabeled_source=str(images))
     return root, datalist, images, common
 
@@ -67,49 +61,44 @@ def test_unlabelled_sources_are_checked(setup, tmp_path):
 def test_kd_trains_on_images_without_label_files(setup):
     root, _, images, common = setup
     assert not any("label" in p.name for p in images.iterdir())
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
-        run(run_id="training", config_file=["configs/kd.json"], meta_file="configs/metadata.json",
-            logging_file="configs/logging.conf", **common)
-    finally:
-        os.chdir(cwd)
+    bundle_run("training", "kd", **common)  # kd.json's default distillation recipe
     assert (root / "models" / "model.pt").is_file()
     state = torch.load(root / "models" / "kd" / "training_state.pt", weights_only=True)
     assert state["trainer"]["epoch"] == 2
 
 
 def test_segmentation_term_never_sees_an_unlabelled_slice(setup):
-    root, _, _, common = setup
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
-        parser = ConfigParser()
-        parser.read_config(["configs/kd.json"])
-        parser.update({**common, "ckpt_dir": str(root / "spy"), "train_state_dir": str(root / "spy")})
-        set_determinism(seed=0)
-        trainer = parser.get_parsed_content("train#trainer")
-        seg = parser.get_parsed_content("loss_terms#seg").loss
-        pmd = parser.get_parsed_content("loss_terms#pmd").loss
-        seen = {"seg": [], "pmd": [], "labeled": []}
-        seg.register_forward_pre_hook(lambda m, args: seen["seg"].append(args[0].shape[0]))
-        pmd.register_forward_pre_hook(lambda m, args: seen["pmd"].append(args[0].shape[0]))
-        trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: seen["labeled"].append(e.state.batch["labeled"].tolist()))
-        trainer.run()
-    finally:
-        os.chdir(cwd)
+    _, _, _, common = setup
+    parser = ConfigParser()
+    parser.read_config(config_files("kd"))
+    parser.update({**common, "run_name": "spy", "distill": ["pmd"]})
+    set_determinism(seed=0)
+    trainer = parser.get_parsed_content("train#trainer")
+    terms = parser.get_parsed_content("loss").terms  # the terms the trainer computes
+    seen = {"seg": [], "pmd": [], "labeled": []}
+    terms["seg"].loss.register_forward_pre_hook(lambda m, args: seen["seg"].append(args[0].shape[0]))
+    terms["pmd"].loss.register_forward_pre_hook(lambda m, args: seen["pmd"].append(args[0].shape[0]))
+    trainer.add_event_handler(Events.ITERATION_STARTED,
+                              lambda e: seen["labeled"].append(e.state.batch["labeled"].tolist()))
+    trainer.run()
     assert seen["labeled"] and all(flags == [1] * 4 + [0] * 4 for flags in seen["labeled"])
     assert seen["seg"] == [4] * len(seen["labeled"])  # the labelled rows only
     assert seen["pmd"] == [8] * len(seen["labeled"])  # distillation: every slice
 
 
-def test_config_expressions_reach_the_slicing_module_after_any_import_order():
-    """Configs say ``bundle.data.slicing...``; it must resolve even when ``bundle.data`` was first imported
-    through ``from bundle.data.datalist import ...`` (as the experiment runner does)."""
+@pytest.mark.parametrize("first_import, expression", [
+    ("from bundle.data.datalist import DataError", "bundle.data.slicing.WithUnlabeled.__name__"),
+    ("from bundle.losses.prediction_map import PredictionMapDistillation",
+     "bundle.losses.composite.select_terms.__name__"),
+])
+def test_config_expressions_reach_their_modules_after_any_import_order(first_import, expression, tmp_path):
+    """Configs say ``bundle.data.slicing...`` and ``bundle.losses.composite...`` in expressions; they must
+    resolve even when the package was first imported through one of its other modules (as the experiment
+    runner does with ``from bundle.data.datalist import ...``), from any working directory."""
     import subprocess
     import sys
 
-    code = ("from bundle.data.datalist import DataError\nimport bundle\n"
-            "print(bundle.data.slicing.WithUnlabeled.__name__)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "WithUnlabeled"
+    code = f"{first_import}\nimport bundle\nprint({expression})"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == expression.split(".")[-2]

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from bundle.losses.composite import LossTerm
 from bundle.losses.contrastive import InfoNCEFeatureLoss, info_nce
 from bundle.losses.feature_regression import FeatureMSELoss
 from bundle.losses.prediction_map import PredictionMapDistillation
@@ -29,6 +30,12 @@ def _spleen_label(batch=2, size=32, rows=slice(8, 20), cols=slice(6, 18)):
     label = torch.zeros(batch, 1, size, size)
     label[:, :, rows, cols] = 1
     return label
+
+
+def _through_term(loss: nn.Module, student: torch.Tensor, teacher: torch.Tensor, **batch) -> torch.Tensor:
+    """``loss(student, teacher, *batch values)`` as the trainer calls it: through a :class:`LossTerm`."""
+    inputs = ["network.x", "teacher.x", *(f"batch.{key}" for key in batch)]
+    return LossTerm(loss, inputs)({"network": {"x": student}, "teacher": {"x": teacher}, "batch": batch})
 
 
 # --------------------------------------------------------------------------- InfoNCE
@@ -129,7 +136,7 @@ def test_infonce_is_finite_for_zero_and_half_precision_features():
     loss = InfoNCEFeatureLoss(8, 16, grid=4)
     out = loss(torch.zeros(2, 8, 16, 16), torch.zeros(2, 16, 16, 16))
     assert torch.isfinite(out)
-    half = loss(torch.randn(2, 8, 16, 16).half(), torch.randn(2, 16, 8, 8).half())
+    half = _through_term(loss, torch.randn(2, 8, 16, 16).half(), torch.randn(2, 16, 8, 8).half())
     assert half.dtype == torch.float32 and torch.isfinite(half)
 
 
@@ -206,7 +213,7 @@ def test_pmd_resizes_teacher_logits_bilinearly():
 def test_pmd_gradient_reaches_student_logits_only():
     student = torch.randn(2, 1, 8, 8, requires_grad=True)
     teacher = torch.randn(2, 1, 8, 8, requires_grad=True)  # not detached by the caller
-    PredictionMapDistillation(4.0)(student, teacher).backward()
+    _through_term(PredictionMapDistillation(4.0), student, teacher).backward()
     assert teacher.grad is None
     assert student.grad is not None and student.grad.abs().sum() > 0
 
@@ -236,7 +243,7 @@ def test_feature_mse_gradient_reaches_adapter_and_student_not_teacher():
     loss = FeatureMSELoss(4, 12)
     student = torch.randn(2, 4, 16, 16, requires_grad=True)
     teacher = torch.randn(2, 12, 8, 8, requires_grad=True)
-    loss(student, teacher).backward()
+    _through_term(loss, student, teacher).backward()
     assert loss.adapter.weight.grad.abs().sum() > 0
     assert student.grad.abs().sum() > 0
     assert teacher.grad is None
@@ -281,7 +288,7 @@ def test_region_affinity_is_finite_for_zero_features_and_reaches_the_student():
     assert torch.isfinite(out) and torch.isfinite(zero.grad).all()
     student = torch.randn(2, 8, 16, 16, requires_grad=True)
     teacher = torch.randn(2, 16, 8, 8, requires_grad=True)
-    loss(student, teacher, label).backward()
+    _through_term(loss, student, teacher, label=label).backward()
     assert student.grad.abs().sum() > 0
     assert teacher.grad is None
 
@@ -319,25 +326,32 @@ def test_importance_map_loss_compares_where_features_are_strong():
     assert ImportanceMapLoss()(torch.randn(2, 4, 16, 16), teacher).item() > 0  # sizes may differ
 
 
+# every distillation loss with the inputs its config entry declares (``seg`` is the first feature channel)
 LOSSES_ON_TEACHER = {
-    "infonce": lambda s, t, label: InfoNCEFeatureLoss(8, 16)(s, t),
-    "infonce_supervised": lambda s, t, label: InfoNCEFeatureLoss(8, 16, supervised=True)(s, t, label=label),
-    "mse": lambda s, t, label: FeatureMSELoss(8, 16)(s, t),
-    "pmd": lambda s, t, label: PredictionMapDistillation()(s[:, :1], t[:, :1]),
-    "cwd": lambda s, t, label: ChannelWiseDistillation()(s[:, :1], t[:, :1]),
-    "dist": lambda s, t, label: InterPixelCorrelation()(s[:, :1], t[:, :1]),
-    "region_affinity": lambda s, t, label: RegionAffinityLoss()(s, t, label),
-    "pixel_region_affinity": lambda s, t, label: PixelRegionAffinityLoss()(s, t, label),
-    "importance_map": lambda s, t, label: ImportanceMapLoss()(s, t),
+    "infonce": (lambda: InfoNCEFeatureLoss(8, 16), ["network.feat", "teacher.feat", "batch.image"]),
+    "infonce_supervised": (lambda: InfoNCEFeatureLoss(8, 16, supervised=True),
+                           ["network.feat", "teacher.feat", "batch.image", "batch.label"]),
+    "mse": (lambda: FeatureMSELoss(8, 16), ["network.feat", "teacher.feat"]),
+    "pmd": (PredictionMapDistillation, ["network.seg", "teacher.seg"]),
+    "cwd": (ChannelWiseDistillation, ["network.seg", "teacher.seg"]),
+    "dist": (InterPixelCorrelation, ["network.seg", "teacher.seg"]),
+    "region_affinity": (RegionAffinityLoss, ["network.feat", "teacher.feat", "batch.label"]),
+    "pixel_region_affinity": (PixelRegionAffinityLoss, ["network.feat", "teacher.feat", "batch.label"]),
+    "importance_map": (ImportanceMapLoss, ["network.feat", "teacher.feat"]),
 }
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES_ON_TEACHER))
 def test_no_gradient_reaches_a_teacher_tensor_that_requires_grad(name):
-    """The engine computes the teacher under no_grad; each loss must still detach it on its own."""
+    """The losses do not detach the teacher themselves: the LossTerm that reads them must, for every one."""
+    make_loss, inputs = LOSSES_ON_TEACHER[name]
     student = torch.randn(2, 8, 16, 16, requires_grad=True)
     teacher = torch.randn(2, 16, 8, 8, requires_grad=True)
-    LOSSES_ON_TEACHER[name](student, teacher, _spleen_label(size=16, rows=slice(4, 10), cols=slice(3, 9))).backward()
+    batch = {"image": torch.rand(2, 1, 16, 16) + 0.1,
+             "label": _spleen_label(size=16, rows=slice(4, 10), cols=slice(3, 9))}
+    sources = {"network": {"feat": student, "seg": student[:, :1]}, "teacher": {"feat": teacher, "seg": teacher[:, :1]},
+               "batch": batch}
+    LossTerm(make_loss(), inputs)(sources).backward()
     assert teacher.grad is None
     assert student.grad.abs().sum() > 0
 

@@ -3,16 +3,15 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import META_FILE, REPO
 
 
-def test_metadata_verifies_against_the_bundle_schema(shared_dir):
+def test_metadata_verifies_against_the_bundle_schema(shared_dir, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", "configs/metadata.json",
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", META_FILE,
          "--filepath", str(shared_dir / "schema" / "meta_schema_20240725.json")],
-        cwd=REPO, capture_output=True, text=True, timeout=120)
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "metadata is verified with no error" in result.stdout + result.stderr
 

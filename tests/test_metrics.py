@@ -115,17 +115,15 @@ def test_case_ids_are_unique_within_the_split(tmp_path):
     assert cases == ["s01/image.nii.gz", "s02/image.nii.gz", "s03/image.nii.gz"]
 
 
-def test_validation_metrics_equal_the_per_volume_metrics_in_millimetres(phantom_dir, tmp_path, monkeypatch):
+def test_validation_metrics_equal_the_per_volume_metrics_in_millimetres(phantom_dir, tmp_path):
     """Validation Dice and Surface Dice are `volume_metrics` averaged over volumes, each volume on its own
     anisotropic spacing (the tolerance used to be converted to pixels of the first volume, z ignored)."""
-    from pathlib import Path
-
     import nibabel as nib
     from ignite.engine import Events
     from monai.bundle import ConfigParser
 
-    repo = Path(__file__).resolve().parents[1]
-    monkeypatch.chdir(repo)
+    from conftest import REPO, TRAIN
+
     cases = []
     for name, zooms in (("a", (5.0, 5.0, 10.0)), ("b", (3.0, 3.0, 7.0))):  # same voxels, other spacings
         for key, folder in (("image", "imagesTr"), ("label", "labelsTr")):
@@ -133,12 +131,12 @@ def test_validation_metrics_equal_the_per_volume_metrics_in_millimetres(phantom_
             nib.save(nib.Nifti1Image(np.asarray(source.dataobj), np.diag([*zooms, 1.0])), tmp_path / f"{name}_{key}.nii.gz")
         cases.append({"image": str(tmp_path / f"{name}_image.nii.gz"), "label": str(tmp_path / f"{name}_label.nii.gz")})
     parser = ConfigParser()
-    parser.read_config("configs/student.json")
+    parser.read_config(TRAIN)
     parser.resolve_macro_and_relative_ids()
     tolerance = 8.0  # between the in-plane (6.7 / 4 mm at 48 px) and the z spacings
-    parser.update({"bundle_root": str(tmp_path), "slice_size": 48, "surface_dice_tolerance_mm": tolerance,
-                   "validate#dataset#data": cases, "device": torch.device("cpu"), "amp": False,
-                   "student_def#channels": [4, 8], "student_def#bottleneck": 8})
+    parser.update({"bundle_root": str(REPO), "output_root": str(tmp_path), "slice_size": 48,
+                   "surface_dice_tolerance_mm": tolerance, "validate#dataset#data": cases, "device": torch.device("cpu"),
+                   "amp": False, "student_def#channels": [4, 8], "student_def#bottleneck": 8})
     evaluator = parser.get_parsed_content("validate#evaluator")
     seen = []
     evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.extend(

@@ -5,8 +5,8 @@ numpy < 2). Skipped when that venv does not exist; create it with `bash scripts/
 (default `.venv-monailabel` in the repo root, or point SPLEEN_KD_MONAILABEL_VENV at one).
 
 The smoke script also runs the bundle's own `monai.bundle run` inference with this interpreter and
-requires MONAI Label's mask to be equal voxel for voxel. The training path (POST /train/spleen_kd)
-is required to work once the bundle has a configs/train.json; until then it is only reported.
+requires MONAI Label's mask to be equal voxel for voxel. The training path (POST /train/spleen_kd, which
+runs the self-contained configs/train.json, the baseline student) is required to work as well.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def _venv() -> Path:
     return Path(os.environ.get("SPLEEN_KD_MONAILABEL_VENV") or REPO / ".venv-monailabel").absolute()
 
 
-def test_monailabel_serves_spleen_kd(totalseg_dir):
+def test_monailabel_serves_spleen_kd(totalseg_dir, tmp_path):
     venv = _venv()
     if not (venv / "bin" / "python").exists():
         pytest.skip(f"no MONAI Label venv at {venv}: create it with `bash scripts/monailabel_env.sh` "
@@ -36,11 +36,9 @@ def test_monailabel_serves_spleen_kd(totalseg_dir):
 
     cmd = [sys.executable, str(REPO / "scripts" / "monailabel_smoke.py"), "--venv", str(venv),
            "--image", str(ct), "--reference-python", sys.executable,
-           "--startup-timeout", "90", "--infer-timeout", "60", "--train-timeout", "90"]
-    if (REPO / "configs" / "train.json").is_file():
-        cmd.append("--train")
+           "--startup-timeout", "90", "--infer-timeout", "60", "--train-timeout", "90", "--train"]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400, env=env)
+    r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=400, env=env)
     out = r.stdout + r.stderr
     summary = out[out.rfind("SUMMARY"):] if "SUMMARY" in out else out[-6000:]
     assert r.returncode == 0, f"MONAI Label smoke test failed ({r.returncode}):\n{summary}"

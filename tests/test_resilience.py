@@ -5,7 +5,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,20 +16,17 @@ from monai.bundle import ConfigWorkflow
 
 from bundle.checkpoint import atomic_save, load_weights
 from bundle.networks import FeatureUNet
-
-REPO = Path(__file__).resolve().parents[1]
-STUDENT = {"_target_": "bundle.networks.FeatureUNet", "in_channels": 1, "out_channels": 1, "channels": [4, 8],
-           "bottleneck": 8, "convs_per_block": 1}
+from conftest import CONFIGS, META_FILE, REPO, TINY_STUDENT as STUDENT, bundle_cli, config_files
 
 
 def _overrides(phantom_dir, root, **extra):
-    return dict(bundle_root=str(root), dataset_dir=str(phantom_dir), datalist_file=str(root / "datalist.json"),
-                slice_size=32, slices_per_volume=4, student_def=STUDENT, amp=False, **extra)
+    return dict(bundle_root=str(REPO), output_root=str(root), dataset_dir=str(phantom_dir), slice_size=32,
+                slices_per_volume=4, student_def=STUDENT, amp=False, **extra)
 
 
-def _losses_of_a_run(phantom_dir, root, epochs=2, config="student", **extra):
-    workflow = ConfigWorkflow(config_file=str(REPO / f"configs/{config}.json"), meta_file=str(REPO / "configs/metadata.json"),
-                              logging_file=False, workflow_type="train", run_id="training",
+def _losses_of_a_run(phantom_dir, root, epochs=2, name="student", **extra):
+    workflow = ConfigWorkflow(config_file=config_files(name), meta_file=META_FILE, logging_file=False,
+                              workflow_type="train", run_id="training",
                               **_overrides(phantom_dir, root, **{"epochs": epochs, "val_interval": 100, **extra}))
     workflow.initialize()
     trainer = workflow.parser.get_parsed_content("train#trainer")
@@ -40,8 +36,7 @@ def _losses_of_a_run(phantom_dir, root, epochs=2, config="student", **extra):
     return losses, trainer
 
 
-def test_seeded_runs_give_identical_losses(phantom_dir, tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)
+def test_seeded_runs_give_identical_losses(phantom_dir, tmp_path):
     first, _ = _losses_of_a_run(phantom_dir, tmp_path / "a")
     second, _ = _losses_of_a_run(phantom_dir, tmp_path / "b")
     third, _ = _losses_of_a_run(phantom_dir, tmp_path / "c", seed=7)
@@ -49,14 +44,13 @@ def test_seeded_runs_give_identical_losses(phantom_dir, tmp_path, monkeypatch):
     assert first != third
 
 
-def test_training_goes_on_when_mlflow_is_unreachable(phantom_dir, tmp_path, monkeypatch, caplog):
-    monkeypatch.chdir(REPO)
+def test_training_goes_on_when_mlflow_is_unreachable(phantom_dir, tmp_path, caplog):
     not_a_folder = tmp_path / "plain_file"
     not_a_folder.write_text("")
     for uri in ("http://127.0.0.1:9/", f"sqlite:///{not_a_folder}/mlruns.db"):
         root = tmp_path / str(abs(hash(uri)))
         with caplog.at_level(logging.WARNING, logger="bundle.handlers"):
-            _, trainer = _losses_of_a_run(phantom_dir, root, tracking=str(REPO / "configs/mlflow.json"),
+            _, trainer = _losses_of_a_run(phantom_dir, root, tracking=str(CONFIGS / "mlflow.json"),
                                           tracking_uri=uri)
         assert trainer.state.epoch == 2
         assert any(uri.rstrip("/") in r.getMessage() and "training goes on" in r.getMessage() for r in caplog.records)
@@ -72,13 +66,11 @@ def _state_epoch(path: Path) -> int | None:
 def test_sigkill_mid_run_then_resume_finishes_all_epochs(phantom_dir, tmp_path):
     root, epochs = tmp_path / "run", 40
     state = root / "models/student/training_state.pt"
-    args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/student.json",
-            "--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf"]
-    overrides = _overrides(phantom_dir, root, epochs=epochs, val_interval=1000)
-    cli = []
-    for key, value in overrides.items():
-        cli += [f"--{key}", repr(value) if not isinstance(value, str) else value]
-    process = subprocess.Popen(args + cli, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    elsewhere = tmp_path / "elsewhere"  # the command line works from any directory
+    elsewhere.mkdir()
+    command = bundle_cli("training", config_files("student"), **_overrides(phantom_dir, root, epochs=epochs,
+                                                                           val_interval=1000))
+    process = subprocess.Popen(command, cwd=elsewhere, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     reads, deadline = 0, time.time() + 240
     try:
         while time.time() < deadline and process.poll() is None:
@@ -97,10 +89,11 @@ def test_sigkill_mid_run_then_resume_finishes_all_epochs(phantom_dir, tmp_path):
     assert reads > 0 and 3 <= killed_at < epochs
     assert not list(state.parent.glob(".*.tmp"))  # a kill may interrupt a write, never leave a torn file behind
 
-    resumed = subprocess.run(args + cli + ["--resume", "True"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(command + ["--resume", "True"], cwd=elsewhere, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed from '{state}' at epoch {killed_at}" in resumed.stdout + resumed.stderr
     assert _state_epoch(state) == epochs
+    assert not list(elsewhere.iterdir())
 
 
 def test_atomic_save_replaces_the_file_whole(tmp_path):
@@ -181,35 +174,33 @@ def test_a_resumed_run_keeps_the_best_model_when_its_first_validation_is_worse(t
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["model.pt"]
 
 
-def _resumed_losses(config, phantom_dir, root, **extra):
+def _resumed_losses(workflow, phantom_dir, root, **extra):
     """Losses of a 2-epoch run, and of the same run stopped after epoch 1 and resumed in a new workflow."""
-    straight, _ = _losses_of_a_run(phantom_dir, root / "straight", epochs=2, config=config, **extra)
-    first, _ = _losses_of_a_run(phantom_dir, root / "resumed", epochs=1, config=config, **extra)
-    second, trainer = _losses_of_a_run(phantom_dir, root / "resumed", epochs=2, config=config, resume=True, **extra)
+    straight, _ = _losses_of_a_run(phantom_dir, root / "straight", epochs=2, name=workflow, **extra)
+    first, _ = _losses_of_a_run(phantom_dir, root / "resumed", epochs=1, name=workflow, **extra)
+    second, trainer = _losses_of_a_run(phantom_dir, root / "resumed", epochs=2, name=workflow, resume=True,
+                                       **extra)
     assert trainer.state.epoch == 2 and len(first) == len(second)
     return straight, first + second
 
 
-def test_resume_continues_the_random_crops_where_they_stopped(phantom_dir, tmp_path, monkeypatch):
+def test_resume_continues_the_random_crops_where_they_stopped(phantom_dir, tmp_path):
     """MONAI seeds its random transforms when the workflow is built: a resumed run replayed epoch 1's crops."""
-    monkeypatch.chdir(REPO)
     straight, resumed = _resumed_losses("student", phantom_dir, tmp_path, val_interval=1)
     assert resumed == straight
     best = [torch.load(tmp_path / run / "models/student/model.pt", weights_only=True) for run in ("straight", "resumed")]
     assert all(torch.equal(best[0][k], best[1][k]) for k in best[0])
 
 
-def test_kd_resume_restores_the_distillation_heads_and_their_optimizer_state(phantom_dir, tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)
+def test_kd_resume_restores_the_distillation_heads_and_their_optimizer_state(phantom_dir, tmp_path):
     teacher = {**STUDENT, "reconstruction": True}
     for run in ("straight", "resumed"):
         (tmp_path / run / "models/teacher").mkdir(parents=True)
         torch.manual_seed(0)
         torch.save(FeatureUNet(channels=(4, 8), bottleneck=8, reconstruction=True).state_dict(),
                    tmp_path / run / "models/teacher/model.pt")
-    terms = {"seg": "@loss_terms#seg", "infonce_encoder": "@loss_terms#infonce_encoder", "pmd": "@loss_terms#pmd"}
     straight, resumed = _resumed_losses("kd", phantom_dir, tmp_path, teacher_def=teacher, val_interval=100,
-                                        **{"loss#terms": terms})
+                                        distill=["infonce_encoder", "pmd"])
     assert resumed == straight
     state = torch.load(tmp_path / "resumed/models/kd/training_state.pt", weights_only=True)
     assert any(k.startswith("terms.infonce_encoder.loss.student_head") for k in state["distill_heads"])

@@ -7,9 +7,10 @@ import sys
 
 def test_benchmark_writes_the_documented_schema(tmp_path, request):
     out = tmp_path / "bench.json"
-    subprocess.run([sys.executable, "scripts/benchmark.py", "--json", str(out), "--models", "S1", "T1",
-                    "--backends", "onnx", "--sizes", "64", "--repeats", "1", "--volume_models", "S1-fast", "--volume_shape", "96", "96", "6",
-                    "--no_training"], cwd=request.config.rootpath, check=True, capture_output=True)
+    subprocess.run([sys.executable, str(request.config.rootpath / "scripts/benchmark.py"), "--json", str(out),
+                    "--models", "S1", "T1", "--backends", "onnx", "--sizes", "64", "--repeats", "1",
+                    "--volume_models", "S1-fast", "--volume_shape", "96", "96", "6", "--no_training"],
+                   cwd=tmp_path, check=True, capture_output=True)  # from any directory
     report = json.loads(out.read_text())
     assert {"cpu", "cores_visible", "threads", "torch", "onnxruntime", "load_average_before",
             "load_average_after"} <= set(report["hardware"])

@@ -180,15 +180,15 @@ def test_fast_gzip_reads_and_writes_the_images_nibabel_does(totalseg_dir, tmp_pa
         assert np.array_equal(np.asarray(nib.Nifti1Image.from_bytes(stream.read()).dataobj), plain > 100)
 
 
-def test_inference_imports_no_training_stack(tmp_path, request):
+def test_inference_imports_no_training_stack(tmp_path):
     """The bundle's own training code (engine, handlers, losses, MLflow wrapper) is not imported to serve."""
     code = ("import sys, bundle; bundle.inference; bundle.networks; bundle.checkpoint; bundle.deploy; "
             "served = sorted(m for m in sys.modules if m.split('.')[0] == 'bundle'); "
             "bundle.data.datalist.load_or_create_datalist; print(served, 'bundle.data.slicing' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=request.config.rootpath, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          check=True).stdout.strip()
     loaded, data_loaded = out.rsplit(" ", 1)
-    for module in ("bundle.engine", "bundle.handlers", "bundle.losses", "bundle.tracking", "bundle.report"):
+    for module in ("bundle.engine", "bundle.handlers", "bundle.losses", "bundle.teacher", "bundle.tracking", "bundle.report"):
         assert module not in eval(loaded), f"{module} imported by the inference path: {loaded}"
     assert data_loaded == "True", "bundle.data must still bring its submodules for the training configs"
 

@@ -209,8 +209,9 @@ def test_real_ct_scoring_puts_each_label_on_its_image_grid(totalseg_dir):
             logits[:, :, : x.shape[2] // 2] = 10.0
             return logits
 
-    results = evaluate_model(LowXHalf(), None, [str(REPO / "configs/evaluate.json"), str(REPO / "configs/demo.json")],
-                             REAL_CASES)
+    from conftest import config_files
+
+    results = evaluate_model(LowXHalf(), None, config_files("student", "evaluate", "demo"), REAL_CASES)
     for subject, (_, label_path) in REAL_CASES.items():
         label = np.asarray(nib.as_closest_canonical(nib.load(label_path)).dataobj) == 1
         half = np.zeros_like(label)

@@ -1,50 +1,39 @@
 """The bundle workflows as users run them (``monai.bundle run``), on small phantoms with tiny widths:
-teacher -> baseline student -> KD student -> evaluation -> inference, plus MLflow tracking."""
+teacher -> baseline student -> KD student -> evaluation -> inference, plus MLflow tracking.
+
+Every workflow is ``configs/train.json`` with overrides merged on top; every run gets ``bundle_root`` = the
+repository and ``output_root`` = a temporary folder, and none depends on the working directory."""
 
 import hashlib
 import json
-import os
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import run
 
 from bundle.networks import FeatureUNet
+from conftest import CONFIGS, REPO, bundle_run, config_files, error_chain
+from conftest import TINY_STUDENT as STUDENT, TINY_TEACHER as TEACHER
 
-REPO = Path(__file__).resolve().parents[1]
-KD_TERMS = {"seg": "@loss_terms#seg", "infonce_encoder": "@loss_terms#infonce_encoder", "pmd": "@loss_terms#pmd"}
-TEACHER = {"_target_": "bundle.networks.FeatureUNet", "in_channels": 1, "out_channels": 1, "channels": [4, 8],
-           "bottleneck": 8, "convs_per_block": 1, "reconstruction": True}
-STUDENT = {"_target_": "bundle.networks.FeatureUNet", "in_channels": 1, "out_channels": 1, "channels": [4, 8],
-           "bottleneck": 8, "convs_per_block": 1}
+KD_TERMS = ["infonce_encoder", "pmd"]  # the terms this module checks, whatever recipe kd.json ships by default
 
 
-def bundle_run(run_id, config, **overrides):
-    run(run_id=run_id, config_file=[f"configs/{config}.json"], meta_file="configs/metadata.json",
-        logging_file="configs/logging.conf", **overrides)
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
 def trained(phantom_dir, tmp_path_factory):
-    """Teacher, baseline student and KD student trained for two epochs each in one bundle root."""
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    root = tmp_path_factory.mktemp("bundle_root")
-    common = dict(bundle_root=str(root), dataset_dir=str(phantom_dir), datalist_file=str(root / "datalist.json"),
-                  slice_size=32, epochs=2, val_interval=1, slices_per_volume=4, sw_batch_size=32,
-                  teacher_def=TEACHER, student_def=STUDENT, amp=False)
-    try:
-        bundle_run("training", "teacher", **common)
-        teacher_hash = hashlib.sha256((root / "models/teacher/model.pt").read_bytes()).hexdigest()
-        bundle_run("training", "student", **common)
-        # the terms this module checks, whatever recipe kd.json ships by default
-        bundle_run("training", "kd", tracking="configs/mlflow.json", **common, **{"loss#terms": KD_TERMS})
-        yield root, common, teacher_hash
-    finally:
-        os.chdir(cwd)
+    """Teacher, baseline student and KD student trained for two epochs each into one output root."""
+    root = tmp_path_factory.mktemp("output_root")
+    common = dict(output_root=str(root), dataset_dir=str(phantom_dir), slice_size=32, epochs=2, val_interval=1,
+                  slices_per_volume=4, sw_batch_size=32, teacher_def=TEACHER, student_def=STUDENT, amp=False)
+    bundle_run("training", "teacher", **common)
+    teacher_hash = _sha(root / "models/teacher/model.pt")
+    bundle_run("training", "student", **common)
+    bundle_run("training", "kd", tracking=str(CONFIGS / "mlflow.json"), **common, distill=KD_TERMS)
+    return root, common, teacher_hash
 
 
 def test_training_writes_the_checkpoints_each_workflow_promises(trained):
@@ -52,28 +41,35 @@ def test_training_writes_the_checkpoints_each_workflow_promises(trained):
     assert (root / "models/teacher/model.pt").is_file() and (root / "models/student/model.pt").is_file()
     served = torch.load(root / "models/model.pt", weights_only=True)
     FeatureUNet(channels=(4, 8), bottleneck=8).load_state_dict(served)  # only the student's weights
+    # the last publishing run (KD) published its best model; the teacher never publishes
+    assert _sha(root / "models/model.pt") == _sha(root / "models/kd/model.pt")
     state = torch.load(root / "models/kd/training_state.pt", weights_only=True)
     assert set(state) >= {"model", "optimizer", "distill_heads", "trainer", "rng"}
     assert any(k.startswith("terms.infonce_encoder.loss.student_head") for k in state["distill_heads"])
     assert any(k.startswith("terms.infonce_encoder.loss.teacher_head") for k in state["distill_heads"])
     assert state["trainer"]["epoch"] == 2
     # distillation read the teacher checkpoint and never wrote it
-    assert hashlib.sha256((root / "models/teacher/model.pt").read_bytes()).hexdigest() == teacher_hash
+    assert _sha(root / "models/teacher/model.pt") == teacher_hash
+    for run in ("teacher", "student", "kd"):  # TensorBoard logs per run, under the output root
+        assert any((root / "eval" / run).glob("events.out.tfevents.*")), run
 
 
-def test_a_kd_run_trains_the_distillation_heads(trained, tmp_path, monkeypatch):
+def test_a_kd_run_trains_the_distillation_heads(trained, tmp_path):
     """The heads must be in the optimizer: every parameter of the composite loss moves in one epoch."""
     from monai.bundle import ConfigWorkflow
 
+    from conftest import META_FILE
+
     root, common, _ = trained
-    monkeypatch.chdir(REPO)
-    (tmp_path / "models/teacher").mkdir(parents=True)
+    (tmp_path / "models/teacher").mkdir(parents=True)  # kd.json's default teacher checkpoint in this output root
     (tmp_path / "models/teacher/model.pt").write_bytes((root / "models/teacher/model.pt").read_bytes())
-    overrides = {**common, "bundle_root": str(tmp_path), "epochs": 1, "val_interval": 100, "loss#terms": KD_TERMS}
-    workflow = ConfigWorkflow(config_file="configs/kd.json", meta_file="configs/metadata.json", logging_file=False,
+    overrides = {**common, "bundle_root": str(REPO), "output_root": str(tmp_path), "epochs": 1, "val_interval": 100,
+                 "distill": KD_TERMS}
+    workflow = ConfigWorkflow(config_file=config_files("kd"), meta_file=META_FILE, logging_file=False,
                               workflow_type="train", run_id="training", **overrides)
     workflow.initialize()
     heads = workflow.parser.get_parsed_content("loss")
+    assert list(heads.terms) == ["seg", *KD_TERMS]
     before = {name: p.detach().clone() for name, p in heads.named_parameters()}
     assert any(".student_head" in name for name in before) and any(".teacher_head" in name for name in before)
     workflow.run()
@@ -83,7 +79,7 @@ def test_a_kd_run_trains_the_distillation_heads(trained, tmp_path, monkeypatch):
 
 def test_splits_are_shared_by_every_workflow(trained):
     root, _, _ = trained
-    split = json.loads((root / "datalist.json").read_text())
+    split = json.loads((root / "eval/datalist.json").read_text())
     students = {p["image"] for p in split["student_train"]}
     assert students and students <= {p["image"] for p in split["teacher_train"]}
 
@@ -106,77 +102,91 @@ def test_mlflow_records_every_loss_term_and_the_run_definition(trained):
     assert row["metrics.loss_pmd"] > 0  # a softmax over the single logit channel would log exactly 0
 
 
-def test_evaluation_writes_per_volume_metrics_and_a_summary(trained):
+@pytest.mark.parametrize("workflow", ["student", "kd"])
+def test_evaluation_writes_per_volume_metrics_and_a_summary(trained, workflow):
+    """evaluate.json on top of a training config evaluates that run's best checkpoint into eval/<run>/test/."""
     root, common, _ = trained
-    bundle_run("evaluating", "evaluate", **{k: v for k, v in common.items() if k not in ("epochs", "val_interval",
-                                                                                          "slices_per_volume",
-                                                                                          "teacher_def", "student_def")},
-               network_def=STUDENT, run_name="test_eval")
-    summary = json.loads((root / "eval/test_eval/summary.json").read_text())
+    bundle_run("evaluating", config_files(workflow, "evaluate"), **common)
+    out = root / "eval" / workflow / "test"
+    summary = json.loads((out / "summary.json").read_text())
     assert summary["volumes"] == 2
     assert summary["params"] == sum(p.numel() for p in FeatureUNet(channels=(4, 8), bottleneck=8).parameters())
     assert set(summary["metrics"]) >= {"dice", "iou", "precision", "recall", "surface_dice", "hd95_mm"}
-    rows = (root / "eval/test_eval/metrics.csv").read_text().strip().splitlines()
+    assert summary["checkpoint"] == str(root / "models" / workflow / "model.pt")
+    rows = (out / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and rows[0].startswith("case,dice")
 
 
 def test_teacher_evaluation_reports_reconstruction_psnr(trained):
     root, common, _ = trained
-    bundle_run("evaluating", "evaluate", bundle_root=str(root), dataset_dir=common["dataset_dir"],
-               datalist_file=common["datalist_file"], slice_size=32, network_def=TEACHER,
-               ckpt_path=str(root / "models/teacher/model.pt"), outputs=["seg", "rec"], run_name="teacher_eval")
-    summary = json.loads((root / "eval/teacher_eval/summary.json").read_text())
+    bundle_run("evaluating", config_files("teacher", "evaluate"), **common, outputs=["seg", "rec"])
+    summary = json.loads((root / "eval/teacher/test/summary.json").read_text())
+    assert summary["checkpoint"] == str(root / "models/teacher/model.pt")
     assert summary["metrics"]["psnr"]["mean"] > 5
 
 
 def test_inference_writes_a_mask_in_the_input_space_of_a_real_ct(trained, totalseg_dir, tmp_path):
+    """inference.json serves the published model of the output root."""
     root, _, _ = trained
     source = totalseg_dir / "example_ct_sm.nii.gz"
-    bundle_run("run", "inference", bundle_root=str(root), input_files=[str(source)], output_dir=str(tmp_path),
+    bundle_run("run", "inference", output_root=str(root), input_files=[str(source)], output_dir=str(tmp_path),
                network_def=STUDENT, slice_size=32)
     mask = nib.load(tmp_path / "example_ct_sm_seg.nii.gz")
     image = nib.load(source)
     assert mask.shape == image.shape and np.allclose(mask.affine, image.affine)
     assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+    assert (root / "models/model.onnx").is_file()  # exported next to the served checkpoint
 
 
-def test_kd_without_a_teacher_checkpoint_says_how_to_train_it(phantom_dir, tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)
+def test_kd_without_a_teacher_checkpoint_says_how_to_train_it(phantom_dir, tmp_path):
     with pytest.raises(Exception) as error:
-        bundle_run("training", "kd", bundle_root=str(tmp_path), dataset_dir=str(phantom_dir),
-                   datalist_file=str(tmp_path / "dl.json"), slice_size=32, epochs=1, teacher_def=TEACHER,
-                   student_def=STUDENT)
-    chain, cause = [], error.value
-    while cause is not None:
-        chain.append(str(cause))
-        cause = cause.__cause__ or cause.__context__
-    message = " ".join(chain)
-    assert "models/teacher/model.pt' does not exist" in message
-    assert "--config_file configs/teacher.json" in message
+        bundle_run("training", "kd", output_root=str(tmp_path), dataset_dir=str(phantom_dir), slice_size=32,
+                   epochs=1, teacher_def=TEACHER, student_def=STUDENT)
+    message = error_chain(error.value)
+    assert f"'{tmp_path}/models/teacher/model.pt' does not exist" in message
+    assert '--config_file "[\'configs/train.json\',\'configs/teacher.json\']"' in message
 
 
-def test_kd_with_a_mismatched_teacher_checkpoint_names_the_mismatch(trained, tmp_path, monkeypatch):
-    root, common, _ = trained
-    monkeypatch.chdir(REPO)
+def test_kd_with_a_mismatched_teacher_checkpoint_names_the_mismatch(trained):
+    _, common, _ = trained
     bigger = {**TEACHER, "channels": [8, 16]}
     with pytest.raises(Exception) as error:
-        bundle_run("training", "kd", **{**common, "teacher_def": bigger, "epochs": 1,
-                                       "ckpt_dir": str(tmp_path), "train_state_dir": str(tmp_path)})
-    cause, chain = error.value, []
-    while cause is not None:
-        chain.append(str(cause))
-        cause = cause.__cause__ or cause.__context__
-    assert any("does not fit the configured FeatureUNet" in c and "shape mismatches" in c for c in chain)
+        bundle_run("training", "kd", **{**common, "teacher_def": bigger, "epochs": 1, "run_name": "mismatch"})
+    assert any("does not fit the configured FeatureUNet" in c and "shape mismatches" in c
+               for c in error_chain(error.value).split("\n"))
 
 
-def test_monai_label_train_config_is_current():
-    import importlib.util
+def _tree(path):
+    """Every file below ``path`` with its size and modification time (empty when ``path`` is absent)."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.rglob("*"))} if path.exists() else {}
 
-    spec = importlib.util.spec_from_file_location("make_train_config", REPO / "scripts/make_train_config.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    committed = json.loads((REPO / "configs/train.json").read_text())
-    assert committed == json.loads(json.dumps(module.train_config())), \
-        "configs/train.json is stale: run python scripts/make_train_config.py"
-    assert "%configs/" not in json.dumps(committed)
-    assert committed["run"] == "%#training" or committed["run"] == committed["training"]
+
+def test_workflows_run_from_any_working_directory_and_only_the_student_is_published(phantom_dir, tmp_path,
+                                                                                    monkeypatch):
+    """From an unrelated working directory every output lands under output_root: checkpoints, training state,
+    split, logs and the published model; nothing in the repository or the working directory. A teacher run
+    (publish false) neither creates nor replaces the served models/model.pt."""
+    elsewhere, out = tmp_path / "elsewhere", tmp_path / "out"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    repo_before = {name: _tree(REPO / name) for name in ("eval", "models", "data")}
+    common = dict(output_root=str(out), dataset_dir=str(phantom_dir), slice_size=48, slices_per_volume=4, epochs=1,
+                  val_interval=1, sw_batch_size=48, teacher_def=TEACHER, student_def=STUDENT, amp=False)
+
+    bundle_run("training", "teacher", **common)
+    assert (out / "models/teacher/model.pt").is_file() and (out / "models/teacher/training_state.pt").is_file()
+    assert not (out / "models/model.pt").exists()  # not created
+
+    bundle_run("training", "student", **common)
+    assert (out / "models/student/model.pt").is_file() and (out / "models/student/training_state.pt").is_file()
+    assert (out / "eval/datalist.json").is_file()
+    served = _sha(out / "models/model.pt")
+    assert served == _sha(out / "models/student/model.pt")
+
+    bundle_run("training", "teacher", **{**common, "run_name": "teacher2"})
+    assert (out / "models/teacher2/model.pt").is_file()
+    assert _sha(out / "models/model.pt") == served  # not replaced
+
+    assert not list(elsewhere.iterdir()), "a workflow wrote into the working directory"
+    assert {name: _tree(REPO / name) for name in repo_before} == repo_before, "a workflow wrote into the repository"
+

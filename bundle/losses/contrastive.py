@@ -64,8 +64,8 @@ class InfoNCEFeatureLoss(nn.Module):
       its gradient stays in proportion to the segmentation loss.
 
     With ``supervised=True`` the positives are all teacher cells of the same class (spleen when at
-    least half of the cell is spleen in ``label``). The teacher features are detached here: only the
-    teacher-side head learns from this loss.
+    least half of the cell is spleen in ``label``). :class:`~bundle.losses.composite.LossTerm` detaches
+    the teacher features, so only the teacher-side head learns from this loss.
     """
 
     def __init__(
@@ -97,9 +97,9 @@ class InfoNCEFeatureLoss(nn.Module):
             raise ValueError(f"batch sizes differ: student {student_feat.shape[0]}, teacher {teacher_feat.shape[0]}.")
         with full_precision(student_feat):
             size = self._grid(student_feat, teacher_feat)
-            teacher_cells = pool_to(teacher_feat.detach().float(), size)
+            teacher_cells = pool_to(teacher_feat, size)
             keep = self.kept_cells(teacher_feat, image, student_feat)
-            student = self._embed(self.student_head, pool_to(student_feat.float(), size))[keep]
+            student = self._embed(self.student_head, pool_to(student_feat, size))[keep]
             if keep.numel() < 2:  # nothing to contrast: a zero that keeps the graph
                 return student.sum() * 0.0
             teacher = self._embed(self.teacher_head, teacher_cells)[keep]

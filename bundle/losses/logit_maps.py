@@ -19,9 +19,9 @@ def class_maps(logits: torch.Tensor) -> torch.Tensor:
     return torch.cat([-logits, logits], dim=1) if logits.shape[1] == 1 else logits
 
 
-def _aligned(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 maps, the teacher detached and resized to the student's grid."""
-    student, teacher = teacher_on_student_grid(student_logits, teacher_logits)
+def _aligned(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's maps and the teacher's on the student's grid, refused unless they pair up."""
+    teacher = teacher_on_student_grid(student, teacher)
     if student.shape[:2] != teacher.shape[:2]:
         raise ValueError(f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)} differ "
                          "in batch size or classes.")

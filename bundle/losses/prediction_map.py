@@ -25,7 +25,8 @@ class PredictionMapDistillation(nn.Module):
     Averaging over ``B·H·W`` (not ``batchmean``) keeps the scale independent of the image size.
     Single-logit (sigmoid) maps use the two-class form, so a sigmoid student can also learn from a
     two-channel softmax teacher. Teacher logits of another spatial size are resized bilinearly to
-    the student's; they are detached, so only the student receives gradients.
+    the student's; :class:`~bundle.losses.composite.LossTerm` detaches them, so only the student receives
+    gradients.
     """
 
     def __init__(self, temperature: float = 4.0):
@@ -34,7 +35,7 @@ class PredictionMapDistillation(nn.Module):
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         with full_precision(student_logits):
-            student, teacher = teacher_on_student_grid(student_logits, teacher_logits)
+            student, teacher = student_logits, teacher_on_student_grid(student_logits, teacher_logits)
             if student.shape[1] == 1:
                 student = _two_class(student)
             if teacher.shape[1] == 1:

@@ -45,13 +45,12 @@ def full_precision(reference: torch.Tensor) -> torch.autocast:
     return torch.autocast(device_type=reference.device.type, enabled=False)
 
 
-def teacher_on_student_grid(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 logits, the teacher's detached and resized bilinearly to the student's grid."""
-    student = student_logits.float()
-    teacher = teacher_logits.detach().float()
-    if teacher.shape[-2:] != student.shape[-2:]:
-        teacher = F.interpolate(teacher, size=student.shape[-2:], mode="bilinear", align_corners=False)
-    return student, teacher
+def teacher_on_student_grid(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """The teacher's logits resized bilinearly to the student's grid, so a teacher with another output
+    size can still be compared pixel by pixel."""
+    if teacher_logits.shape[-2:] == student_logits.shape[-2:]:
+        return teacher_logits
+    return F.interpolate(teacher_logits, size=student_logits.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def positive_temperature(temperature: float) -> float:

@@ -11,7 +11,7 @@ Distillation"), whose two terms are offered separately, plus one term of this pr
 
 Qin et al. distil a low-level and a high-level feature map; here those are the ``encoder`` and
 ``decoder`` taps (``configs/kd.json`` declares ``region_affinity_encoder``; a decoder term reads
-``student.decoder``/``teacher.decoder`` with the same loss). None needs an adapter: every quantity
+``network.decoder``/``teacher.decoder`` with the same loss). None needs an adapter: every quantity
 compared is independent of the channel count.
 """
 
@@ -74,8 +74,8 @@ class RegionAffinityLoss(nn.Module):
 
     def forward(self, student_feat: torch.Tensor, teacher_feat: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         with full_precision(student_feat):
-            s_affinity, s_present = region_affinity(student_feat.float(), label)
-            t_affinity, t_present = region_affinity(teacher_feat.detach().float(), label)
+            s_affinity, s_present = region_affinity(student_feat, label)
+            t_affinity, t_present = region_affinity(teacher_feat, label)
             return _masked_mean((s_affinity - t_affinity).pow(2), (s_present & t_present).all(dim=1))
 
 
@@ -86,8 +86,8 @@ class PixelRegionAffinityLoss(nn.Module):
 
     def forward(self, student_feat: torch.Tensor, teacher_feat: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         with full_precision(student_feat):
-            s_pixel, s_present = pixel_region_affinity(student_feat.float(), label)
-            t_pixel, t_present = pixel_region_affinity(teacher_feat.detach().float(), label)
+            s_pixel, s_present = pixel_region_affinity(student_feat, label)
+            t_pixel, t_present = pixel_region_affinity(teacher_feat, label)
             size = common_size(s_pixel, t_pixel)
             errors = (pool_to(s_pixel, size) - pool_to(t_pixel, size)).pow(2).mean(dim=(1, 2, 3))
             return _masked_mean(errors, (s_present & t_present).all(dim=1))
@@ -100,7 +100,7 @@ class ImportanceMapLoss(nn.Module):
 
     def forward(self, student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
         with full_precision(student_feat):
-            s_map, t_map = importance_map(student_feat.float()), importance_map(teacher_feat.detach().float())
+            s_map, t_map = importance_map(student_feat), importance_map(teacher_feat)
             size = common_size(s_map, t_map)
             s_map = F.normalize(pool_to(s_map, size).flatten(1), dim=1, eps=EPS)
             t_map = F.normalize(pool_to(t_map, size).flatten(1), dim=1, eps=EPS)

@@ -1,0 +1,103 @@
+"""The config layout: one self-contained base (train.json), small overrides merged on it, and a self-contained
+inference.json (MONAI Label reads it alone) that must preprocess exactly as training does."""
+
+import json
+
+import pytest
+import torch
+
+from bundle.networks import FeatureUNet
+from conftest import CONFIGS, REPO, TINY_STUDENT, TINY_TEACHER, TRAIN, bundle_run, config_files, error_chain
+
+SHARED_WITH_INFERENCE = ("image_loading", "image_to_network", "hu_window", "axcodes", "pixdim", "slice_size")
+
+
+def _raw(name: str) -> dict:
+    return json.loads((CONFIGS / f"{name}.json").read_text())
+
+
+def _strings(node):
+    """Every string in a JSON document, keys included."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield key
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+    elif isinstance(node, str):
+        yield node
+
+
+def test_no_config_links_to_another_file():
+    """train.json is self-contained and committed by hand (no generator): no config may pull content from
+    another file (``%configs/...``), which would only resolve from the repository as working directory."""
+    files = sorted(CONFIGS.rglob("*.json"))
+    assert CONFIGS / "train.json" in files and CONFIGS / "inference.json" in files
+    for path in files:
+        text = path.read_text()
+        assert "%configs/" not in text, path
+        linked = [s for s in _strings(json.loads(text)) if s.startswith("%") and not s.startswith("%#")]
+        assert not linked, f"{path.name} links to other files: {linked}"
+    train = _raw("train")
+    assert train["training"] == "%#run" and isinstance(train["run"], list)
+    for name in ("bundle_root", "output_root", "run_name", "model_dir", "ckpt_dir", "output_dir", "served_model"):
+        assert name in train, name
+
+
+def test_inference_preprocesses_as_training_does_and_serves_the_student():
+    """inference.json cannot merge train.json (MONAI Label reads it alone), so the copies must agree."""
+    inference, train = _raw("inference"), _raw("train")
+    for key in SHARED_WITH_INFERENCE:
+        assert inference[key] == train[key], key
+    assert inference["image_preprocessing"] == train["image_preprocessing"]
+    assert inference["network_def"] == train["student_def"]
+
+
+def _case(request, name):
+    if name == "phantom":
+        phantom_dir = request.getfixturevalue("phantom_dir")
+        image = sorted((phantom_dir / "imagesTr").glob("*.nii.gz"))[0]
+        return {"image": str(image), "label": str(phantom_dir / "labelsTr" / image.name)}
+    totalseg_dir = request.getfixturevalue("totalseg_dir")
+    if name == "dicom":
+        return {"image": str(totalseg_dir / "example_ct_dicom"), "label": str(totalseg_dir / "example_seg_dicom.nii.gz")}
+    return {"image": str(totalseg_dir / "example_ct_sm.nii.gz"), "label": str(totalseg_dir / "example_seg.nii.gz")}
+
+
+@pytest.mark.parametrize("case, overrides", [
+    ("nifti", {}),
+    ("nifti", {"pixdim": [1.5, 1.5, 4.0], "slice_size": 96}),
+    ("dicom", {"slice_size": 128}),
+    ("phantom", {"hu_window": [-100, 200]}),
+])
+def test_training_and_image_chains_give_the_network_the_same_image(case, overrides, request):
+    """``preprocessing_3d`` (image + label, training and validation) and ``image_preprocessing`` (image only,
+    evaluation and inference) are written separately: the image they hand the network must be the same."""
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    data = _case(request, case)
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    parser.update({"bundle_root": str(REPO), **overrides})
+    joint = Compose(parser.get_parsed_content("preprocessing_3d"))(dict(data))["image"]
+    alone = Compose(parser.get_parsed_content("image_preprocessing"))({"image": data["image"]})["image"]
+    assert joint.shape == alone.shape and joint.shape[1:3] == (parser["slice_size"],) * 2
+    assert joint.dtype == alone.dtype == torch.float32
+    assert torch.allclose(joint.as_tensor(), alone.as_tensor(), atol=1e-6)
+    assert torch.allclose(joint.affine, alone.affine, atol=1e-5)
+    assert 0.0 <= alone.min().item() and alone.max().item() <= 1.0 and alone.max().item() > 0.5
+
+
+def test_an_unknown_distillation_term_names_distill_and_the_terms_there_are(phantom_dir, tmp_path):
+    torch.save(FeatureUNet(channels=(4, 8), bottleneck=8, reconstruction=True).state_dict(), tmp_path / "teacher.pt")
+    with pytest.raises(Exception) as error:
+        bundle_run("training", config_files("kd"), output_root=str(tmp_path), dataset_dir=str(phantom_dir),
+                   slice_size=32, epochs=1, slices_per_volume=2, teacher_def=TINY_TEACHER, student_def=TINY_STUDENT,
+                   teacher_ckpt=str(tmp_path / "teacher.pt"), amp=False, distill=["pmd", "infonce_encodr"])
+    message = error_chain(error.value)
+    assert "`distill`" in message and "'infonce_encodr'" in message
+    for term in ("pmd", "cwd", "dist", "infonce_encoder", "mse_bottleneck", "region_affinity_encoder"):
+        assert f"'{term}'" in message, term
+    assert not (tmp_path / "models/kd/training_state.pt").exists()
