@@ -1,4 +1,5 @@
-"""Handlers that keep a long training run alive when something around it fails."""
+"""Handlers that keep a training run useful when something around it is off: a tracking server that
+fails, a run that ends between two validations."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import functools
 import logging
 import os
 
+from ignite.engine import Events
 from monai.handlers import MLFlowHandler
 
 logger = logging.getLogger(__name__)
@@ -55,3 +57,23 @@ class ResilientMLFlowHandler(MLFlowHandler):
                 return None
 
         return guarded
+
+
+class ValidateAtEnd:
+    """Runs the validator once more when training ends on an epoch that ``val_interval`` skipped.
+
+    MONAI Label fine-tunes ``train.json`` for however many epochs the user asks (it overrides
+    ``max_epochs``, not the interval): without this a 2-epoch run would never validate, save no best
+    model and publish nothing. Runs whose length is a multiple of the interval are unchanged.
+    """
+
+    def __init__(self, validator, interval: int):
+        self.validator = validator
+        self.interval = int(interval)
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine) -> None:
+        if engine.state.epoch % self.interval:
+            self.validator.run(engine.state.epoch)

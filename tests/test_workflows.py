@@ -190,3 +190,13 @@ def test_workflows_run_from_any_working_directory_and_only_the_student_is_publis
     assert not list(elsewhere.iterdir()), "a workflow wrote into the working directory"
     assert {name: _tree(REPO / name) for name in repo_before} == repo_before, "a workflow wrote into the repository"
 
+
+def test_a_run_shorter_than_the_validation_interval_still_validates_and_publishes(phantom_dir, tmp_path):
+    """MONAI Label fine-tunes train.json for as few epochs as the user asks (max_epochs overridden, the
+    validation interval not): the last epoch is validated, so a best model exists and is published."""
+    out = tmp_path / "out"
+    bundle_run("run", "student", output_root=str(out), dataset_dir=str(phantom_dir), slice_size=48,
+               slices_per_volume=4, sw_batch_size=48, student_def=STUDENT, amp=False, val_interval=5,
+               **{"train#trainer#max_epochs": 2})
+    assert (out / "models/student/model.pt").is_file()
+    assert _sha(out / "models/model.pt") == _sha(out / "models/student/model.pt")
