@@ -18,12 +18,11 @@ What it does (everything on 127.0.0.1, every wait bounded):
      "Upload Volume"/"Next Sample", params result_extension .nrrd, result_dtype uint8).
      Checks: HTTP 200, an image with the input's shape and affine, values only 0/1 (1 = spleen),
      both answers equal; with --reference-python, equal to the bundle's own inference too.
-  5. Training path: POST /train/spleen_kd and waits for the task. Without configs/train.json
-     MONAI Label offers no trainer and the task fails: reported as UNSUPPORTED (not a failure).
-     With --train-config FILE (copied into the bundle copy as configs/train.json) or a
-     configs/train.json in the repo, it saves a label for two copies of the CT (spleen = label 1
-     of example_seg.nii.gz), trains 1 epoch (val_split 0.5) and, with --train, fails unless the
-     task finishes and a new models/model.pt was written; inference is then run again.
+  5. Training path: POST /train/spleen_kd and waits for the task. It saves a label for two copies
+     of the CT (spleen = label 1 of example_seg.nii.gz), trains configs/train.json (or
+     --train-config FILE, copied over it) for 1 epoch (val_split 0.5) and, with --train, fails
+     unless the task finishes and a new models/model.pt was written; inference is then run again.
+     A bundle copy without configs/train.json gets no trainer: reported as UNSUPPORTED.
   6. Stops the server (its whole process group), always.
 
 Exit status: 0 when every check passed, 1 otherwise. The repository itself is never written to.
