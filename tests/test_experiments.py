@@ -173,7 +173,7 @@ def test_proof_grid_plans_the_assistant_chain_and_the_unlabelled_arm(tmp_path):
     grid = experiments.load_grid("proof")
     runs = experiments.plan(grid, tmp_path, [0, 1], "/data/phantoms")
     by_name = {r.name: r for r in runs}
-    assert [r.name for r in runs[:2]] == ["teacher-T1", "assistant-TA"] and len(runs) == 2 + 2 * 8
+    assert [r.name for r in runs[:2]] == ["teacher-T1", "assistant-TA"] and len(runs) == 2 + 2 * 9  # base + 8 arms
     assistant = by_name["assistant-TA"]
     assert assistant.stage == "kd" and assistant.overrides["student_def"]["channels"] == [16, 32, 64]
     assert assistant.overrides["teacher_ckpt"] == str(tmp_path / "models/teacher-T1/model.pt")
@@ -182,6 +182,8 @@ def test_proof_grid_plans_the_assistant_chain_and_the_unlabelled_arm(tmp_path):
     assert chained.overrides["teacher_ckpt"] == str(tmp_path / "models/assistant-TA/model.pt")
     assert chained.baseline == "S1-f50-base" and chained.overrides["distill"] == ["pmd"]
     assert by_name["T1-S1-f50-pmd+unl-s0"].overrides["use_unlabeled"] is True
+    assert by_name["T1-S1-f50-dist+unl-s0"].overrides["use_unlabeled"] is True
+    assert by_name["T1-S1-f50-dist+unl-s0"].overrides["distill"] == ["dist"]
     assert "use_unlabeled" not in by_name["T1-S1-f50-pmd-s0"].overrides
     assert [r.name for r in experiments.select(runs, ["TA-S1-f50-ta_pmd-s1"])] == [
         "teacher-T1", "assistant-TA", "S1-f50-base-s1", "TA-S1-f50-ta_pmd-s1"]  # transitively
