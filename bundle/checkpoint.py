@@ -183,12 +183,22 @@ def atomic_save(obj, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def publish(best_model: str | os.PathLike, served: str | os.PathLike) -> Path | None:
+def flag(value) -> bool:
+    """A config switch given in JSON (``true``) or on the command line (``--publish false`` arrives as the
+    string "false", which Python would take as true)."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes")
+    return bool(value)
+
+
+def publish(best_model: str | os.PathLike, served: str | os.PathLike, enabled=True) -> Path | None:
     """Copy a run's best checkpoint to the path inference and MONAI Label load (``models/model.pt``),
     atomically, so a server never reads half a file. Only rank 0 of a distributed run copies; a run
     that never validated has no best checkpoint, and then the served model is left as it was."""
     import torch.distributed as dist
 
+    if not flag(enabled):
+        return None
     if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
         return None
     source = Path(best_model)
@@ -238,9 +248,7 @@ def resume_training(trainer, save_dir: str, save_dict: dict, resume: bool = True
     Returns False (and changes nothing) when ``resume`` is off or there is no state yet.
     """
     path = Path(save_dir) / TrainingStateSaver.filename
-    if isinstance(resume, str):  # `--resume true` arrives from the command line as a string
-        resume = resume.strip().lower() in ("1", "true", "yes")
-    if not resume or not path.is_file():
+    if not flag(resume) or not path.is_file():
         return False
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

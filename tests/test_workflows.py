@@ -200,3 +200,13 @@ def test_a_run_shorter_than_the_validation_interval_still_validates_and_publishe
                **{"train#trainer#max_epochs": 2})
     assert (out / "models/student/model.pt").is_file()
     assert _sha(out / "models/model.pt") == _sha(out / "models/student/model.pt")
+
+
+def test_publish_false_from_the_command_line_keeps_the_served_model(phantom_dir, tmp_path):
+    """`--publish false` reaches the config as the string "false"; it must not publish."""
+    out = tmp_path / "out"
+    bundle_run("training", "student", output_root=str(out), dataset_dir=str(phantom_dir), slice_size=48,
+               slices_per_volume=4, sw_batch_size=48, student_def=STUDENT, amp=False, epochs=1, val_interval=1,
+               publish="false")
+    assert (out / "models/student/model.pt").is_file()
+    assert not (out / "models/model.pt").exists()
