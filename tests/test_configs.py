@@ -104,15 +104,12 @@ def test_an_unknown_distillation_term_names_distill_and_the_terms_there_are(phan
 
 
 def test_kd_default_recipe_is_the_proof_studys_significant_winner():
-    """kd.json ships what docs/results/proof.json measured: the variant with the largest gain among those
-    significant after Holm (its distillation terms and overrides)."""
+    """kd.json distils with the terms of the variant that docs/results/proof.json measured best among those
+    significant after Holm. Whether unlabelled volumes join is the user's data, not a default: the study's
+    `+unl` arms say what they add (`--use_unlabeled true`)."""
     results = json.loads((REPO / "docs/results/proof.json").read_text())
     grid = _raw("experiments/proof")
     winners = [(v["gain"], run.split("-f50-")[1]) for run, v in results["variants"].items() if v["p_holm"] < 0.05]
     assert winners, "no significant variant: decide the default by hand and change this test"
     best = grid["variants"][max(winners)[1]]
-    terms, overrides = (best, {}) if isinstance(best, list) else (best["terms"], best.get("overrides", {}))
-    kd = _raw("kd")
-    assert kd["distill"] == terms
-    for key, value in overrides.items():
-        assert kd[key] == value, key
+    assert _raw("kd")["distill"] == (best if isinstance(best, list) else best["terms"])
