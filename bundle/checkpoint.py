@@ -105,14 +105,14 @@ def _rng_state() -> dict:
     return state
 
 
-def _random_states(trainer) -> list:
-    """The ``numpy.random.RandomState`` of every MONAI random object in the trainer's dataset (crops,
-    augmentations, the random transforms they hold, dataset wrappers' pickers), in a fixed order, found the
-    way MONAI's ``set_rnd`` walks a dataset. MONAI seeds them when the workflow is built, so without
-    restoring them a resumed run replays the first epoch's random draws."""
+def _randomizables(trainer) -> list:
+    """Every MONAI random object in the trainer's dataset (crops, augmentations, the random transforms they
+    hold, dataset wrappers' pickers), in a fixed order, found the way MONAI's ``set_rnd`` walks a dataset.
+    MONAI seeds them when the workflow is built, so without restoring them a resumed run replays the first
+    epoch's random draws."""
     from monai.transforms import Randomizable
 
-    states, seen = [], set()
+    found, seen = [], set()
 
     def collect(obj) -> None:
         if id(obj) in seen or isinstance(obj, (torch.Tensor, np.ndarray, str, bytes)):
@@ -122,20 +122,27 @@ def _random_states(trainer) -> list:
             for child in obj:
                 collect(child)
             return
-        if isinstance(obj, Randomizable) and id(obj.R) not in seen:
-            seen.add(id(obj.R))
-            states.append(obj.R)
+        if isinstance(obj, Randomizable):
+            found.append(obj)
         for key, value in getattr(obj, "__dict__", {}).items():
             if not key.startswith("__"):
                 collect(value)
 
     collect(getattr(getattr(trainer, "data_loader", None), "dataset", None))
-    return states
+    return found
 
 
 def _data_rng_state(trainer) -> dict:
-    """Random state of the data pipeline: the transforms' generators and the loader's shuffling generator."""
-    state = {"transforms": [_numpy_state(r.get_state()) for r in _random_states(trainer)]}
+    """Random state of the data pipeline: each distinct generator of the transforms once, which object uses
+    which (``sharing``: some MONAI croppers share their parent's generator until they first run, then hold
+    their own), and the loader's shuffling generator."""
+    states, sharing, index = [], [], {}
+    for obj in _randomizables(trainer):
+        if id(obj.R) not in index:
+            index[id(obj.R)] = len(states)
+            states.append(_numpy_state(obj.R.get_state()))
+        sharing.append(index[id(obj.R)])
+    state = {"transforms": states, "sharing": sharing}
     generator = getattr(getattr(trainer, "data_loader", None), "generator", None)
     if generator is not None:
         state["loader"] = generator.get_state()
@@ -143,12 +150,20 @@ def _data_rng_state(trainer) -> dict:
 
 
 def _set_data_rng_state(trainer, state: dict) -> None:
-    generators = _random_states(trainer)
-    if len(generators) != len(state["transforms"]):
-        raise ValueError(f"the training state holds {len(state['transforms'])} random transform states but the "
-                         f"configured data pipeline has {len(generators)}: it was written by another configuration.")
-    for generator, saved in zip(generators, state["transforms"]):
-        generator.set_state(_numpy_tuple(saved))
+    """Give every random object the generator it had when the state was saved, with the same sharing."""
+    objects = _randomizables(trainer)
+    if "sharing" not in state:
+        raise ValueError("the training state was written by an older spleen-kd without the data pipeline's "
+                         "generator layout: delete training_state.pt to start the run again.")
+    if len(objects) != len(state["sharing"]):
+        raise ValueError(f"the training state holds {len(state['sharing'])} random transforms but the configured "
+                         f"data pipeline has {len(objects)}: it was written by another configuration.")
+    generators = []
+    for saved in state["transforms"]:
+        generators.append(np.random.RandomState())
+        generators[-1].set_state(_numpy_tuple(saved))
+    for obj, which in zip(objects, state["sharing"]):
+        obj.R = generators[which]
     loader = getattr(getattr(trainer, "data_loader", None), "generator", None)
     if loader is not None and "loader" in state:
         loader.set_state(state["loader"])

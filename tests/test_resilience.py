@@ -204,3 +204,16 @@ def test_kd_resume_restores_the_distillation_heads_and_their_optimizer_state(pha
     assert resumed == straight
     state = torch.load(tmp_path / "resumed/models/kd/training_state.pt", weights_only=True)
     assert any(k.startswith("terms.infonce_encoder.loss.student_head") for k in state["distill_heads"])
+
+
+def test_resume_of_a_run_with_unlabelled_volumes_continues_exactly(phantom_dir, tmp_path):
+    """Some random crops get a generator of their own only once they have run (MONAI's sample croppers), so the
+    generators shared at the start are separate mid-run: the resumed pipeline must get the saved structure."""
+    for run in ("straight", "resumed"):
+        (tmp_path / run / "models/teacher").mkdir(parents=True)
+        torch.manual_seed(0)
+        torch.save(FeatureUNet(channels=(4, 8), bottleneck=8, reconstruction=True).state_dict(),
+                   tmp_path / run / "models/teacher/model.pt")
+    straight, resumed = _resumed_losses("kd", phantom_dir, tmp_path, teacher_def={**STUDENT, "reconstruction": True},
+                                        val_interval=100, distill=["dist"], use_unlabeled=True)
+    assert resumed == straight
