@@ -113,3 +113,27 @@ def test_kd_default_recipe_is_the_proof_studys_significant_winner():
     assert winners, "no significant variant: decide the default by hand and change this test"
     best = grid["variants"][max(winners)[1]]
     assert _raw("kd")["distill"] == (best if isinstance(best, list) else best["terms"])
+
+
+@pytest.mark.parametrize("files, key, off", [
+    (["train"], "train#dataset#transform", {"augment": "false"}),
+    (["train", "kd"], "train#unlabeled_dataset#transform", {"augment": "false"}),
+])
+def test_switches_given_as_false_on_the_command_line_are_off(files, key, off):
+    """`--augment false` reaches the config as the string "false"; the augmentation must stay out."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / f"{name}.json") for name in files])
+    parser.update({"bundle_root": str(REPO), **off})
+    names = [type(t).__name__ for t in parser.get_parsed_content(key).transforms]
+    assert "RandGaussianNoised" not in names
+
+
+def test_use_unlabeled_false_from_the_command_line_adds_no_unlabelled_volumes():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "kd.json")])
+    parser.update({"bundle_root": str(REPO), "use_unlabeled": "false", "datalist": {"teacher_train": [], "student_train": []}})
+    assert parser.get_parsed_content("train#unlabeled_dataset#data") == []
