@@ -96,7 +96,8 @@ def load_grid(grid: str) -> dict:
 
 def variant_spec(chosen) -> dict:
     """A variant as ``{"terms": [...], "overrides": {...}, "teacher": name or None}``; a plain list names
-    the distillation terms added to ``seg``."""
+    the distillation terms added to ``seg``. No terms: the student trained alone with the variant's overrides
+    (e.g. augmentation), compared with the baseline like any variant."""
     if isinstance(chosen, list):
         chosen = {"terms": chosen}
     if not isinstance(chosen, dict) or not isinstance(chosen.get("terms"), list):
@@ -149,9 +150,17 @@ def plan(grid: dict, out: Path, seeds: list[int], dataset_dir: str, split_seed: 
                 base = f"{student}-{tag}-{BASELINE}"
                 runs.append(planned(f"{base}-s{seed}", "student", base, seed, fraction, student_def,
                                     **defined("student_def", student_def)))
+                for variant in variants:
+                    spec = grid["variants"][variant]
+                    if not spec["terms"]:  # no distillation: the student alone with other settings, no teacher
+                        config = f"{student}-{tag}-{variant}"
+                        runs.append(planned(f"{config}-s{seed}", "student", config, seed, fraction, student_def, base,
+                                            **defined("student_def", student_def), **spec["overrides"]))
                 for teacher in grid["teachers"]:
                     for variant in variants:
                         spec = grid["variants"][variant]
+                        if not spec["terms"]:
+                            continue
                         source = spec["teacher"] or teacher
                         if spec["teacher"] and teacher != next(iter(grid["teachers"])):
                             continue  # a variant with its own teacher is planned once

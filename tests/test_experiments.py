@@ -189,6 +189,20 @@ def test_proof_grid_plans_the_assistant_chain_and_the_unlabelled_arm(tmp_path):
         "teacher-T1", "assistant-TA", "S1-f50-base-s1", "TA-S1-f50-ta_pmd-s1"]  # transitively
 
 
+def test_a_variant_without_terms_is_the_student_alone_with_its_overrides(tmp_path):
+    grid = experiments.load_grid("proof_synthetic")
+    runs = experiments.plan(grid, tmp_path, [0], "/data/synthetic")
+    by_name = {r.name: r for r in runs}
+    assert sorted(by_name) == ["S1-f50-aug-s0", "S1-f50-base-s0", "T1-S1-f50-dist+aug-s0", "T1-S1-f50-dist+unl-s0",
+                               "T1-S1-f50-dist-s0", "teacher-T1"]
+    aug = by_name["S1-f50-aug-s0"]
+    assert aug.stage == "student" and aug.teacher is None and aug.baseline == "S1-f50-base"
+    assert aug.overrides["augment"] is True and "teacher_ckpt" not in aug.overrides and "distill" not in aug.overrides
+    assert by_name["T1-S1-f50-dist+aug-s0"].overrides["augment"] is True
+    assert "augment" not in by_name["S1-f50-base-s0"].overrides
+    assert [r.name for r in experiments.select(runs, ["S1-f50-aug-*"])] == ["S1-f50-base-s0", "S1-f50-aug-s0"]
+
+
 def test_grids_with_unknown_terms_are_refused(tmp_path):
     spec = json.loads((REPO / "configs/experiments/smoke.json").read_text())
     spec["variants"]["nce_enc"] = ["infonce_encoderr"]
