@@ -4,6 +4,7 @@ import gzip
 import logging
 import subprocess
 import sys
+from functools import partial
 
 import nibabel as nib
 import numpy as np
@@ -15,6 +16,7 @@ from monai.inferers import SliceInferer
 from monai.transforms import KeepLargestConnectedComponentd
 from nibabel.openers import ImageOpener
 
+from bundle import inference
 from bundle.deploy import OnnxRuntimeNetwork
 from bundle.inference import (AxialSliceInferer, LargestComponentd, resolve_backend, serving_network, source_key,
                               use_fast_gzip)
@@ -124,7 +126,12 @@ def test_axial_slice_inferer_gives_what_slice_inferer_gives(trained, ct):
     assert isinstance(fast, MetaTensor) and torch.equal(fast.affine, volume.affine)
 
 
-def test_largest_component_is_monais_largest_component(totalseg_dir):
+@pytest.mark.parametrize("fast", [True, False], ids=["cc3d", "scipy"])
+def test_largest_component_is_monais_largest_component(totalseg_dir, fast, monkeypatch):
+    if fast:
+        pytest.importorskip("cc3d")
+    else:  # the fallback without cc3d
+        monkeypatch.setattr("bundle.inference.label_components", partial(inference.label_components, fast=False))
     labels = np.asarray(nib.load(totalseg_dir / "example_seg.nii.gz").dataobj)
     rng = np.random.default_rng(0)
     masks = [np.zeros((8, 8, 8), bool),
@@ -132,11 +139,14 @@ def test_largest_component_is_monais_largest_component(totalseg_dir):
              np.isin(labels, [1, 5]),  # spleen and liver
              rng.random((40, 30, 20)) > 0.7]  # speckle: hundreds of components, diagonal contacts
     for mask in masks:
-        data = {"pred": MetaTensor(torch.from_numpy(mask[None].astype(np.float32)))}
+        affine = torch.diag(torch.tensor([0.8, 0.7, 3.0, 1.0], dtype=torch.float64))
+        data = {"pred": MetaTensor(torch.from_numpy(mask[None].astype(np.float32)), affine=affine)}
+        given = data["pred"].clone()
         expected = KeepLargestConnectedComponentd(keys="pred", applied_labels=[1])({"pred": data["pred"].clone()})["pred"]
         fast = LargestComponentd(keys="pred")(data)["pred"]
         assert isinstance(fast, MetaTensor) and fast.dtype == expected.dtype
-        assert torch.equal(fast.as_tensor(), expected.as_tensor())
+        assert torch.equal(fast.as_tensor(), expected.as_tensor()) and torch.equal(fast.affine, affine)
+        assert torch.equal(data["pred"].as_tensor(), given.as_tensor())  # the input is not modified
     assert 0 < expected.sum() < masks[-1].sum()  # the speckle mask did lose its small components
 
 
