@@ -11,7 +11,8 @@ import importlib
 __version__ = "0.2.0"
 
 _SUBMODULES = ("checkpoint", "data", "deploy", "engine", "files", "handlers", "inference", "losses", "metrics",
-               "networks", "quantize", "report", "reproducibility", "stats", "teacher", "tracking")
+               "networks", "quantize", "report", "reproducibility", "stats", "switches", "teacher",
+               "tracking")
 # reachable as bundle.<package>.<name> in config expressions once bundle.<package> is
 _PACKAGE_SUBMODULES = {"data": ("datalist", "slicing"), "losses": ("composite",)}
 

@@ -11,6 +11,7 @@ from monai.handlers import CheckpointSaver
 from torch import nn
 
 from .files import atomic_open
+from .switches import flag
 
 
 class AtomicCheckpointSaver(CheckpointSaver):
@@ -196,14 +197,6 @@ def atomic_save(obj, path: str | os.PathLike) -> Path:
     with atomic_open(path, "wb") as stream:
         torch.save(obj, stream)
     return Path(path)
-
-
-def flag(value) -> bool:
-    """A config switch given in JSON (``true``) or on the command line (``--publish false`` arrives as the
-    string "false", which Python would take as true)."""
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes")
-    return bool(value)
 
 
 def publish(best_model: str | os.PathLike, served: str | os.PathLike, enabled=True) -> Path | None:

@@ -130,6 +130,33 @@ def test_switches_given_as_false_on_the_command_line_are_off(files, key, off):
     assert "RandGaussianNoised" not in names
 
 
+def test_largest_component_false_from_the_command_line_keeps_every_component():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update({"bundle_root": str(REPO), "largest_component": "false"})
+    names = [type(t).__name__ for t in parser.get_parsed_content("postprocessing").transforms]
+    assert "LargestComponentd" not in names and names[-1] == "SaveImaged"
+
+
+@pytest.mark.parametrize("files, keys", [
+    (["train"], ["train#trainer#amp", "validate#evaluator#amp"]),
+    (["train", "evaluate"], ["evaluator#amp"]),
+    (["inference"], ["evaluator#amp"]),
+])
+@pytest.mark.parametrize("given, expected", [("false", False), ("true", True), (False, False)])
+def test_amp_given_on_the_command_line_is_a_boolean(files, keys, given, expected):
+    """`--amp false` on a CUDA machine arrives as the string "false"; the engines must not take it as true."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / f"{name}.json") for name in files])
+    parser.update({"bundle_root": str(REPO), "amp": given})
+    for key in keys:
+        assert parser.get_parsed_content(key) is expected, key
+
+
 def test_use_unlabeled_false_from_the_command_line_adds_no_unlabelled_volumes():
     from monai.bundle import ConfigParser
 
