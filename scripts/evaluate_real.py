@@ -1,6 +1,7 @@
 """Per-volume 3D Dice of trained models on the real labelled CT fixtures (transfer to real scans).
 
     python scripts/evaluate_real.py --out demo_out      # the demo's teacher, baseline and KD student
+    python scripts/evaluate_real.py --grid runs/proof   # every trained run of scripts/experiments.py's grid
 
 Prediction follows ``configs/evaluate.json`` (its image preprocessing, ``SliceInferer``, sigmoid,
 inversion to the image grid, threshold 0.5, no post-processing). The label map is resampled onto the
@@ -30,9 +31,11 @@ def dice(prediction, label) -> float:
 
 
 def evaluate_model(network_def, ckpt_path: str | Path | None, config_files: list[str],
-                   cases: dict[str, tuple[Path, Path]] = REAL_CASES, label_value: int = 1) -> dict[str, dict]:
+                   cases: dict[str, tuple[Path, Path]] = REAL_CASES, label_value: int = 1,
+                   overrides: dict | None = None) -> dict[str, dict]:
     """``{subject: {"dice": ..., "dice_largest_component": ..., "label_voxels": ..., "predicted_voxels": ...}}``
-    for a network config (``network_def``) with weights at ``ckpt_path``, or a ready ``torch.nn.Module``."""
+    for a network config (``network_def``; None: the configs' own) with weights at ``ckpt_path``, or a ready
+    ``torch.nn.Module``; ``overrides`` are applied to the merged configs, as ``monai.bundle run`` would."""
     import numpy as np
     import torch
     from monai.bundle import ConfigParser
@@ -43,10 +46,13 @@ def evaluate_model(network_def, ckpt_path: str | Path | None, config_files: list
 
     parser = ConfigParser()
     parser.read_config(config_files)
+    parser.update(overrides or {})
     image_preprocessing = Compose(parser.get_parsed_content("image_preprocessing"))
     inferer = parser.get_parsed_content("inferer")
     if isinstance(network_def, torch.nn.Module):
         network = network_def.eval()
+    elif network_def is None:
+        network = load_weights(parser.get_parsed_content("network_def"), ckpt_path).eval()
     else:
         network = load_weights(ConfigParser({"net": network_def}).get_parsed_content("net"), ckpt_path).eval()
     to_image_grid = Compose([Invertd("pred", image_preprocessing, orig_keys="image", nearest_interp=False),
@@ -83,21 +89,44 @@ def evaluate_demo(out: Path, extra_configs: list[str] = ()) -> dict[str, dict]:
     for name, stage in EVALUATED.items():
         config_files = _config_files(stage, list(extra_configs), evaluate=True)
         per_subject = evaluate_model(_network_def(stage, list(extra_configs)), best_model(out, stage), config_files)
-        results[name] = {"subjects": per_subject,
-                         "mean_dice": round(sum(r["dice"] for r in per_subject.values()) / len(per_subject), 4),
-                         "mean_dice_largest_component": round(
-                             sum(r["dice_largest_component"] for r in per_subject.values()) / len(per_subject), 4)}
+        results[name] = _summarised(per_subject)
+    return results
+
+
+def _summarised(per_subject: dict) -> dict:
+    return {"subjects": per_subject,
+            "mean_dice": round(sum(r["dice"] for r in per_subject.values()) / len(per_subject), 4),
+            "mean_dice_largest_component": round(
+                sum(r["dice_largest_component"] for r in per_subject.values()) / len(per_subject), 4)}
+
+
+def evaluate_grid(out: Path) -> dict[str, dict]:
+    """Every trained run of a ``scripts/experiments.py`` output folder, with the configs and overrides its
+    training used (``OUT/stages/<run>/train.json``) and its best checkpoint (``OUT/models/<run>/model.pt``)."""
+    evaluate = str(ROOT / "configs" / "evaluate.json")
+    results = {}
+    for marker in sorted(Path(out).glob("stages/*/train.json")):
+        run, trained = marker.parent.name, json.loads(marker.read_text())
+        ckpt = Path(out) / "models" / run / "model.pt"
+        if not ckpt.is_file():
+            raise FileNotFoundError(f"{marker} says '{run}' was trained, but {ckpt} is missing.")
+        per_subject = evaluate_model(None, ckpt, [*trained["config_files"], evaluate],
+                                     overrides=trained["overrides"])
+        results[run] = _summarised(per_subject)
+        print(f"{run}: mean Dice {results[run]['mean_dice']:.3f}", flush=True)
     return results
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="a finished scripts/demo.py output folder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--out", help="a finished scripts/demo.py output folder")
+    source.add_argument("--grid", help="a scripts/experiments.py output folder: every trained run in it")
     parser.add_argument("--config", action="append", default=[], help="the extra configs the demo was run with")
     args = parser.parse_args(argv)
 
-    out = Path(args.out).resolve()
-    results = evaluate_demo(out, args.config)
+    out = Path(args.out or args.grid).resolve()
+    results = evaluate_grid(out) if args.grid else evaluate_demo(out, args.config)
     (out / "real_ct.json").write_text(json.dumps(results, indent=2))
     for name, entry in results.items():
         subjects = " | ".join(f"{s} {r['dice']:.3f}" for s, r in entry["subjects"].items())

@@ -14,7 +14,7 @@ import pytest
 from scipy import stats as sps
 
 from bundle import stats
-from conftest import REPO, TINY_STUDENT as TINY
+from conftest import REPO, TINY_STUDENT as TINY, config_files
 
 
 def _script(name: str):
@@ -28,6 +28,7 @@ def _script(name: str):
 
 experiments = _script("experiments")
 compare_runs = _script("compare_runs")
+evaluate_real = _script("evaluate_real")
 
 
 # --- statistics -------------------------------------------------------------------------------------------
@@ -311,6 +312,16 @@ def test_tiny_grid_end_to_end_and_rerun_does_nothing(phantom_dir, tmp_path, monk
         assert variant["gain"] == pytest.approx(np.mean([ours[c] - base[c] for c in base]))
         assert variant["p_holm"] >= variant["p"] or math.isnan(variant["p"])
     assert (out / "summary.png").stat().st_size > 0
+
+    # the real fixtures, scored for every trained run with that run's own configs and overrides
+    real = evaluate_real.evaluate_grid(out)
+    assert sorted(real) == sorted(names)
+    trained = json.loads((out / "stages/S1-f50-base-s0/train.json").read_text())
+    direct = evaluate_real.evaluate_model(TINY, out / "models/S1-f50-base-s0/model.pt",
+                                          config_files("student", "evaluate"),
+                                          overrides={k: trained["overrides"][k] for k in ("slice_size", "bundle_root")})
+    assert real["S1-f50-base-s0"]["subjects"] == direct
+    assert all(0 <= r["dice"] <= 1 for entry in real.values() for r in entry["subjects"].values())
 
     assert (out / "models/teacher-T1/model.pt").is_file() and (out / "models/T1-S1-f50-nce_enc-s0/model.pt").is_file()
     assert not (out / "models/model.pt").exists()  # grid runs never replace the served model
