@@ -9,6 +9,7 @@
   bounding box only (with ``cc3d`` when it is installed).
 - :class:`Resized`: MONAI's ``Resized`` with its Gaussian anti-aliasing done as shifted sums.
 - :func:`use_fast_gzip`: nibabel reads and writes ``.nii.gz`` through ISA-L when ``isal`` is installed.
+- :func:`loader_workers`: one worker reading ahead when several volumes are segmented on several cores.
 """
 
 from __future__ import annotations
@@ -51,6 +52,13 @@ def use_threads(threads: int = 0) -> int:
     threads = threads or available_cores()
     torch.set_num_threads(threads)
     return threads
+
+
+def loader_workers(volumes: int) -> int:
+    """DataLoader workers for segmenting ``volumes`` files: one, to read and preprocess the next volume while
+    this one is segmented, when there are several volumes and several cores; none otherwise (a worker
+    costs its start-up and moving the volume between processes, and one core has no room for it)."""
+    return 1 if volumes > 1 and available_cores() > 1 else 0
 
 
 def resolve_backend(backend: str, device: str | torch.device = "cpu") -> str:

@@ -240,3 +240,34 @@ def test_inference_config_serves_on_onnx_runtime_by_default(trained, tmp_path, r
     assert isinstance(network, OnnxRuntimeNetwork) and (tmp_path / "model.onnx").is_file()
     assert "inference backend: onnxruntime" in caplog.text
     assert isinstance(parser.get_parsed_content("inferer"), AxialSliceInferer)
+
+
+def test_one_loader_worker_reads_ahead_only_for_several_volumes_on_several_cores(monkeypatch):
+    from bundle.inference import loader_workers
+
+    monkeypatch.setattr(inference, "available_cores", lambda: 2)
+    assert loader_workers(1) == 0 and loader_workers(3) == 1
+    monkeypatch.setattr(inference, "available_cores", lambda: 1)
+    assert loader_workers(3) == 0
+
+
+def test_inference_of_several_volumes_with_a_reading_worker_writes_the_same_masks(trained, totalseg_dir, tmp_path,
+                                                                                   request):
+    """Two volumes (the real NIfTI and the DICOM series): the worker's masks are those read in the main process."""
+    from monai.bundle import ConfigWorkflow
+
+    inputs = [str(totalseg_dir / "example_ct_sm.nii.gz"), str(totalseg_dir / "example_ct_dicom")]
+    masks = {}
+    for workers in (0, 1):
+        out = tmp_path / f"workers{workers}"
+        workflow = ConfigWorkflow(config_file=str(request.config.rootpath / "configs" / "inference.json"),
+                                  workflow_type="infer", logging_file=False, input_files=inputs, output_dir=str(out),
+                                  ckpt_path=str(trained[1]), onnx_path=str(tmp_path / "model.onnx"), slice_size=SIZE,
+                                  num_workers=workers, network_def={"_target_": "bundle.networks.FeatureUNet", **S1_FAST})
+        workflow.initialize()
+        assert workflow.parser.get_parsed_content("dataloader").num_workers == workers
+        workflow.run()
+        masks[workers] = {p.name: np.asarray(nib.load(p).dataobj) for p in sorted(out.glob("*.nii.gz"))}
+    assert len(masks[0]) == 2 and masks[0].keys() == masks[1].keys()
+    for name, mask in masks[0].items():
+        assert np.array_equal(mask, masks[1][name]) and mask.any(), name
