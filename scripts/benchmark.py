@@ -10,7 +10,8 @@ Writes one JSON (schema below) and a markdown table beside it (``.md``), and pri
      "models": [{"model", "backend", "device", "size", "batch", "params", "flops_per_slice",
                  "slices_per_s", "peak_rss_mb"}],          # one row per model × backend × size
      "volume": {"<model>[ int8]": {"backend", "shape", "weights", "foreground_fraction", "total_s",
-                                    "stages_s": {"read", "preprocess", "model", "invert", "postprocess", "write"}}},
+                                    "stages_s": {"read", "preprocess", "model", "invert", "postprocess", "write"},
+                                    "list": {"volumes", "num_workers", "per_volume_s"}}},
      "ratios": {"S1/T1", "S1-fast/T1", "backend", "size", "basis"},   # same backend, same run
      "cli": {"command", "wall_s", "user_s", "sys_s"},                  # with --cli
      "training": [...]}                                               # unless --no_training
@@ -21,7 +22,8 @@ a CPU), ``onnx-int8`` (static int8 calibrated on real CT, students, with ``--int
 Volume: a 512×512×100 CT made from the real fixture CT (upsampled, with noise; synthetic random
 HU if the fixture is absent), segmented by the workflow of ``configs/inference.json`` with the
 default backend; ``total_s`` is ``evaluator.run()`` in a process that has already loaded
-everything (the median of ``--repeats``), ``stages_s`` the same transforms timed one by one.
+everything (the median of ``--repeats``), ``stages_s`` the same transforms timed one by one, ``list`` the
+seconds per volume when four copies are segmented as one list of files (the loader reads ahead).
 Weights are random unless ``--checkpoint S1=path.pt`` is given: speed does not depend on them,
 except the largest-component step, which sees a larger foreground (``foreground_fraction``).
 """
@@ -167,8 +169,10 @@ def _stage(transform, before_model: bool) -> str:
     return "preprocess" if before_model else "postprocess"
 
 
-def volume_seconds(name: str, image: Path, tmp: Path, repeats: int, checkpoint: str | None, int8: bool) -> dict:
-    """``configs/inference.json`` on ``image``: the evaluator's total and every stage, in this (loaded) process."""
+def volume_seconds(name: str, image: Path, tmp: Path, repeats: int, checkpoint: str | None, int8: bool,
+                   list_volumes: int = 4) -> dict:
+    """``configs/inference.json`` on ``image``: the evaluator's total and every stage, in this (loaded) process,
+    and the seconds per volume when ``list_volumes`` copies of it are given as one list of files."""
     import numpy as np
     import torch
     from monai.bundle import ConfigWorkflow
@@ -186,10 +190,14 @@ def volume_seconds(name: str, image: Path, tmp: Path, repeats: int, checkpoint: 
 
         serving_network(build(name, 256), ckpt, "onnx", tmp / f"{name}.onnx")
         overrides["onnx_path"] = str(quantize_int8(tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx", calibration_slices(256)))
-    workflow = ConfigWorkflow(config_file=str(ROOT / "configs/inference.json"), workflow_type="infer",
-                              meta_file=str(ROOT / "configs/metadata.json"), logging_file=False, **overrides)
-    workflow.initialize()
-    parser = workflow.parser
+    def workflow_for(files: list[Path]):
+        workflow = ConfigWorkflow(config_file=str(ROOT / "configs/inference.json"), workflow_type="infer",
+                                  meta_file=str(ROOT / "configs/metadata.json"), logging_file=False,
+                                  **{**overrides, "input_files": [str(f) for f in files]})
+        workflow.initialize()
+        return workflow.parser
+
+    parser = workflow_for([image])
     network, inferer = parser.get_parsed_content("network"), parser.get_parsed_content("inferer")
     preprocessing, postprocessing = parser.get_parsed_content("preprocessing"), parser.get_parsed_content("postprocessing")
     evaluator = parser.get_parsed_content("evaluator")
@@ -213,12 +221,24 @@ def volume_seconds(name: str, image: Path, tmp: Path, repeats: int, checkpoint: 
             data = transform(data)
             seconds[_stage(transform, False)] += time.perf_counter() - start
         stage_runs.append(seconds)
+    # a list of files in one run, as a user or a server segments them: the loader may read ahead
+    copies = []
+    for i in range(list_volumes):
+        copies.append(tmp / f"list{i}" / image.name)
+        copies[-1].parent.mkdir(exist_ok=True)
+        if not copies[-1].exists():
+            copies[-1].symlink_to(image)
+    listed = workflow_for(copies)
+    listed_evaluator = listed.get_parsed_content("evaluator")
+    listed_seconds = _median_seconds(listed_evaluator.run, 1 if name in TEACHERS else max(1, repeats // 2), warmup=0)
     precision = getattr(network, "precision", None)
     return {"model": name, "backend": "torch" if precision is None else "onnx" if precision == "fp32" else f"onnx-{precision}",
             "shape": "x".join(map(str, np.asarray(data["pred"]).shape[1:])),
             "weights": str(checkpoint) if checkpoint else "random",
             "foreground_fraction": float(np.asarray(data["pred"]).mean()), "total_s": total,
-            "stages_s": {k: statistics.median(run[k] for run in stage_runs) for k in STAGES}}
+            "stages_s": {k: statistics.median(run[k] for run in stage_runs) for k in STAGES},
+            "list": {"volumes": list_volumes, "num_workers": listed.get_parsed_content("num_workers"),
+                     "per_volume_s": listed_seconds / list_volumes}}
 
 
 def cli_seconds(image: Path, ckpt: Path, out_dir: Path, repeats: int) -> dict:
@@ -330,8 +350,9 @@ def markdown(report: dict) -> str:
     text += [f"- {k}: {v:.1f}× the slices/s ({ratio['backend']}, {ratio['size']}²)" for k, v in ratio.items() if "/" in k and k != "basis"]
     text.append("")
     rows = [[name, v["backend"], v["shape"], f"{v['total_s']:.2f}", *(f"{v['stages_s'][s]:.2f}" for s in STAGES),
-             f"{v['foreground_fraction']:.2f}"] for name, v in report["volume"].items()]
-    text.append(markdown_table(["model", "backend", "volume", "total s", *STAGES, "mask fraction"], rows))
+             f"{v['list']['per_volume_s']:.2f}", f"{v['foreground_fraction']:.3f}"] for name, v in report["volume"].items()]
+    text.append(markdown_table(["model", "backend", "volume", "total s", *STAGES, "s/volume in a list of 4",
+                                "mask fraction"], rows))
     if "cli" in report:
         cli = report["cli"]
         text += ["", f"`{cli['command']}` (S1, fresh process): {cli['wall_s']:.2f} s wall, {cli['user_s']:.2f} s user, "

@@ -1,6 +1,7 @@
 """scripts/benchmark.py writes its documented schema, with ratios from the same backend and run."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -28,5 +29,7 @@ def test_benchmark_writes_the_documented_schema(tmp_path, request):
     assert volume["backend"] == "onnx" and volume["shape"] == "96x96x6"
     assert set(volume["stages_s"]) == {"read", "preprocess", "model", "invert", "postprocess", "write"}
     assert all(v >= 0 for v in volume["stages_s"].values()) and volume["total_s"] > 0
+    assert volume["list"]["volumes"] == 4 and volume["list"]["per_volume_s"] > 0
+    assert volume["list"]["num_workers"] == (1 if len(os.sched_getaffinity(0)) > 1 else 0)
     table = out.with_suffix(".md").read_text()
     assert "S1/T1" in table and "Load average" in table
