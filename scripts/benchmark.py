@@ -13,7 +13,7 @@ Writes one JSON (schema below) and a markdown table beside it (``.md``), and pri
                                     "stages_s": {"read", "preprocess", "model", "invert", "postprocess", "write"},
                                     "list": {"volumes", "num_workers", "per_volume_s"}}},
      "ratios": {"S1/T1", "S1-fast/T1", "backend", "size", "basis"},   # same backend, same run
-     "cli": {"command", "wall_s", "user_s", "sys_s"},                  # with --cli
+     "cli": {"<student>": {"command", "runs", "wall_s", "user_s", "sys_s"}},   # with --cli
      "training": [...]}                                               # unless --no_training
 
 Backends: ``torch`` (eager, ``no_grad``), ``onnx`` (ONNX Runtime fp32, what ``inference.json`` uses on
@@ -23,7 +23,8 @@ Volume: a 512×512×100 CT made from the real fixture CT (upsampled, with noise;
 HU if the fixture is absent), segmented by the workflow of ``configs/inference.json`` with the
 default backend; ``total_s`` is ``evaluator.run()`` in a process that has already loaded
 everything (the median of ``--repeats``), ``stages_s`` the same transforms timed one by one, ``list`` the
-seconds per volume when four copies are segmented as one list of files (the loader reads ahead).
+seconds per volume when four copies are segmented as one list of files (the loader reads ahead; students
+only, else null).
 Weights are random unless ``--checkpoint S1=path.pt`` is given: speed does not depend on them,
 except the largest-component step, which sees a larger foreground (``foreground_fraction``).
 """
@@ -221,16 +222,18 @@ def volume_seconds(name: str, image: Path, tmp: Path, repeats: int, checkpoint: 
             data = transform(data)
             seconds[_stage(transform, False)] += time.perf_counter() - start
         stage_runs.append(seconds)
-    # a list of files in one run, as a user or a server segments them: the loader may read ahead
+    # a list of files in one run, as a user or a server segments them: the loader may read ahead (students only:
+    # a teacher's minute per volume would not change by it)
+    list_volumes = 0 if name in TEACHERS else list_volumes
     copies = []
     for i in range(list_volumes):
         copies.append(tmp / f"list{i}" / image.name)
         copies[-1].parent.mkdir(exist_ok=True)
         if not copies[-1].exists():
             copies[-1].symlink_to(image)
-    listed = workflow_for(copies)
-    listed_evaluator = listed.get_parsed_content("evaluator")
-    listed_seconds = _median_seconds(listed_evaluator.run, 1 if name in TEACHERS else max(1, repeats // 2), warmup=0)
+    if copies:
+        listed = workflow_for(copies)
+        listed_seconds = _median_seconds(listed.get_parsed_content("evaluator").run, max(1, repeats // 2), warmup=0)
     precision = getattr(network, "precision", None)
     return {"model": name, "backend": "torch" if precision is None else "onnx" if precision == "fp32" else f"onnx-{precision}",
             "shape": "x".join(map(str, np.asarray(data["pred"]).shape[1:])),
@@ -238,14 +241,14 @@ def volume_seconds(name: str, image: Path, tmp: Path, repeats: int, checkpoint: 
             "foreground_fraction": float(np.asarray(data["pred"]).mean()), "total_s": total,
             "stages_s": {k: statistics.median(run[k] for run in stage_runs) for k in STAGES},
             "list": {"volumes": list_volumes, "num_workers": listed.get_parsed_content("num_workers"),
-                     "per_volume_s": listed_seconds / list_volumes}}
+                     "per_volume_s": listed_seconds / list_volumes} if copies else None}
 
 
-def cli_seconds(image: Path, ckpt: Path, out_dir: Path, repeats: int) -> dict:
+def cli_seconds(name: str, image: Path, ckpt: Path, onnx: Path, out_dir: Path, repeats: int) -> dict:
     """Wall, user and system seconds of the one-volume command a user types (fresh process each time)."""
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
                "--input_files", str(image), "--ckpt_path", str(ckpt), "--output_dir", str(out_dir),
-               "--onnx_path", str(ckpt.with_suffix(".onnx"))]
+               "--onnx_path", str(onnx), "--network_def", json.dumps(network_def(name, 256))]
     subprocess.run(command, cwd=ROOT, check=True, capture_output=True)  # exports the ONNX model once
     walls, users, systems = [], [], []
     for _ in range(repeats):
@@ -256,7 +259,8 @@ def cli_seconds(image: Path, ckpt: Path, out_dir: Path, repeats: int) -> dict:
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         users.append(after.ru_utime - before.ru_utime)
         systems.append(after.ru_stime - before.ru_stime)
-    shown = f"python -m monai.bundle run --config_file configs/inference.json --input_files {image.name}"
+    shown = (f"python -m monai.bundle run --config_file configs/inference.json --input_files {image.name}"
+             + ("" if name == "S1" else f" --network_def <{name}>"))
     return {"command": shown, "runs": repeats, "wall_s": statistics.median(walls), "user_s": statistics.median(users),
             "sys_s": statistics.median(systems)}
 
@@ -350,13 +354,12 @@ def markdown(report: dict) -> str:
     text += [f"- {k}: {v:.1f}× the slices/s ({ratio['backend']}, {ratio['size']}²)" for k, v in ratio.items() if "/" in k and k != "basis"]
     text.append("")
     rows = [[name, v["backend"], v["shape"], f"{v['total_s']:.2f}", *(f"{v['stages_s'][s]:.2f}" for s in STAGES),
-             f"{v['list']['per_volume_s']:.2f}", f"{v['foreground_fraction']:.3f}"] for name, v in report["volume"].items()]
+             f"{v['list']['per_volume_s']:.2f}" if v["list"] else "", f"{v['foreground_fraction']:.3f}"] for name, v in report["volume"].items()]
     text.append(markdown_table(["model", "backend", "volume", "total s", *STAGES, "s/volume in a list of 4",
                                 "mask fraction"], rows))
-    if "cli" in report:
-        cli = report["cli"]
-        text += ["", f"`{cli['command']}` (S1, fresh process): {cli['wall_s']:.2f} s wall, {cli['user_s']:.2f} s user, "
-                     f"{cli['sys_s']:.2f} s system (median of {cli['runs']})."]
+    for name, cli in report.get("cli", {}).items():
+        text += ["", f"`{cli['command']}` ({name}, fresh process): {cli['wall_s']:.2f} s wall, {cli['user_s']:.2f} s "
+                     f"user, {cli['sys_s']:.2f} s system (median of {cli['runs']})."]
     for t in report.get("training", []):
         text += ["", f"Training step ({t['device']}, {t['slice_size']}², batch {t['batch']}): student "
                      f"{t['student_it_per_s']:.2f} it/s, KD {t['kd_it_per_s']:.2f} it/s "
@@ -377,7 +380,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--checkpoint", nargs="*", default=[], metavar="MODEL=PATH",
                         help="trained weights for a volume model (random otherwise)")
     parser.add_argument("--int8", action="store_true", help="also int8 ONNX Runtime for the students")
-    parser.add_argument("--cli", action="store_true", help="also time the one-volume command line (S1)")
+    parser.add_argument("--cli", action="store_true", help="also time the one-volume command line (S1, S1-fast)")
     parser.add_argument("--no_training", action="store_true", help="skip the training-step figures")
     args = parser.parse_args(argv)
     checkpoints = dict(item.split("=", 1) for item in args.checkpoint)
@@ -410,11 +413,14 @@ def main(argv=None) -> dict:
                 report["volume"][f"{name} int8"] = volume_seconds(name, image, tmp, args.repeats, checkpoints.get(name), True)
                 print(json.dumps(report["volume"][f"{name} int8"]), flush=True)
         if args.cli:
-            ckpt = Path(checkpoints["S1"]) if "S1" in checkpoints else tmp / "S1.pt"
-            if not ckpt.is_file():
-                torch.manual_seed(0)
-                torch.save(build("S1", 256).state_dict(), ckpt)
-            report["cli"] = cli_seconds(image, ckpt, tmp / "out-cli", max(1, args.repeats // 2))
+            report["cli"] = {}
+            for name in ("S1", "S1-fast"):
+                ckpt = Path(checkpoints[name]) if name in checkpoints else tmp / f"{name}-cli.pt"
+                if not ckpt.is_file():
+                    torch.manual_seed(0)
+                    torch.save(build(name, 256).state_dict(), ckpt)
+                report["cli"][name] = cli_seconds(name, image, ckpt, tmp / f"{name}-cli.onnx", tmp / "out-cli",
+                                                  max(1, args.repeats // 2))
     if not args.no_training:
         report["training"] = [training_steps(device) for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])]
     report["hardware"]["load_average_after"] = list(os.getloadavg())
