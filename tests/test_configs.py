@@ -103,16 +103,36 @@ def test_an_unknown_distillation_term_names_distill_and_the_terms_there_are(phan
     assert not (tmp_path / "models/kd/training_state.pt").exists()
 
 
-def test_kd_default_recipe_is_the_proof_studys_significant_winner():
-    """kd.json distils with the terms of the variant that docs/results/proof.json measured best among those
-    significant after Holm. Whether unlabelled volumes join is the user's data, not a default: the study's
-    `+unl` arms say what they add (`--use_unlabeled true`)."""
-    results = json.loads((REPO / "docs/results/proof.json").read_text())
-    grid = _raw("experiments/proof")
+@pytest.mark.parametrize("study", ["proof", "proof_synthetic"])
+def test_kd_default_recipe_is_each_proof_studys_significant_winner(study):
+    """kd.json distils with the terms, and the unlabelled volumes, of the variant that each proof study
+    (phantoms; synthetic CT) measured best among those significant after Holm."""
+    from monai.bundle import ConfigParser
+
+    results = json.loads((REPO / f"docs/results/{study}.json").read_text())
+    grid = json.loads((CONFIGS / "experiments" / f"{study}.json").read_text())
     winners = [(v["gain"], run.split("-f50-")[1]) for run, v in results["variants"].items() if v["p_holm"] < 0.05]
     assert winners, "no significant variant: decide the default by hand and change this test"
     best = grid["variants"][max(winners)[1]]
-    assert _raw("kd")["distill"] == (best if isinstance(best, list) else best["terms"])
+    best = best if isinstance(best, dict) else {"terms": best}
+    assert _raw("kd")["distill"] == best["terms"]
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "kd.json")])
+    parser.update({"bundle_root": str(REPO), **grid["overrides"]})
+    for key in set(best.get("overrides", {})) | {"use_unlabeled"}:
+        parser[key] = _raw("kd").get(key, _raw("train").get(key))  # the configs' default, not the grid's
+        used = best.get("overrides", {}).get(key, grid["overrides"].get(key))
+        assert parser.get_parsed_content(key) == used, key
+
+
+def test_unlabelled_volumes_are_on_by_default_only_when_the_student_has_fewer_volumes_than_the_teacher():
+    from monai.bundle import ConfigParser
+
+    for fraction, expected in ((0.5, True), (1.0, False)):
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "kd.json")])
+        parser.update({"bundle_root": str(REPO), "student_fraction": fraction})
+        assert parser.get_parsed_content("use_unlabeled") is expected
 
 
 @pytest.mark.parametrize("files, key, off", [

@@ -185,7 +185,7 @@ def test_proof_grid_plans_the_assistant_chain_and_the_unlabelled_arm(tmp_path):
     assert by_name["T1-S1-f50-pmd+unl-s0"].overrides["use_unlabeled"] is True
     assert by_name["T1-S1-f50-dist+unl-s0"].overrides["use_unlabeled"] is True
     assert by_name["T1-S1-f50-dist+unl-s0"].overrides["distill"] == ["dist"]
-    assert "use_unlabeled" not in by_name["T1-S1-f50-pmd-s0"].overrides
+    assert by_name["T1-S1-f50-pmd-s0"].overrides["use_unlabeled"] is False  # the grid states it: kd.json turns it on
     assert [r.name for r in experiments.select(runs, ["TA-S1-f50-ta_pmd-s1"])] == [
         "teacher-T1", "assistant-TA", "S1-f50-base-s1", "TA-S1-f50-ta_pmd-s1"]  # transitively
 
