@@ -69,6 +69,19 @@ def build(name: str, size: int):
     return ConfigParser(network_def(name, size)).get_parsed_content()
 
 
+def weights_file(name: str, checkpoint: str | None, tmp: Path) -> Path:
+    """The trained checkpoint given for ``name``, else seed-0 random weights, written to ``tmp`` once."""
+    if checkpoint:
+        return Path(checkpoint)
+    import torch
+
+    path = tmp / f"{name}.pt"
+    if not path.is_file():
+        torch.manual_seed(0)
+        torch.save(build(name, 256).state_dict(), path)
+    return path
+
+
 def _median_seconds(fn, repeats: int, warmup: int = 1) -> float:
     for _ in range(warmup):
         fn()
@@ -178,10 +191,7 @@ def volume_seconds(name: str, image: Path, tmp: Path, repeats: int, checkpoint: 
     import torch
     from monai.bundle import ConfigWorkflow
 
-    ckpt = Path(checkpoint) if checkpoint else tmp / f"{name}.pt"
-    if not checkpoint:
-        torch.manual_seed(0)
-        torch.save(build(name, 256).state_dict(), ckpt)
+    ckpt = weights_file(name, checkpoint, tmp)
     out_dir = tmp / f"out-{name}{'-int8' if int8 else ''}"
     overrides = {"input_files": [str(image)], "ckpt_path": str(ckpt), "output_dir": str(out_dir),
                  "network_def": network_def(name, 256), "onnx_path": str(tmp / f"{name}.onnx")}
@@ -415,12 +425,8 @@ def main(argv=None) -> dict:
         if args.cli:
             report["cli"] = {}
             for name in ("S1", "S1-fast"):
-                ckpt = Path(checkpoints[name]) if name in checkpoints else tmp / f"{name}-cli.pt"
-                if not ckpt.is_file():
-                    torch.manual_seed(0)
-                    torch.save(build(name, 256).state_dict(), ckpt)
-                report["cli"][name] = cli_seconds(name, image, ckpt, tmp / f"{name}-cli.onnx", tmp / "out-cli",
-                                                  max(1, args.repeats // 2))
+                report["cli"][name] = cli_seconds(name, image, weights_file(name, checkpoints.get(name), tmp),
+                                                  tmp / f"{name}-cli.onnx", tmp / "out-cli", max(1, args.repeats // 2))
     if not args.no_training:
         report["training"] = [training_steps(device) for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])]
     report["hardware"]["load_average_after"] = list(os.getloadavg())
