@@ -7,17 +7,20 @@
 - :class:`AxialSliceInferer`: every axial slice through the network in batches.
 - :class:`LargestComponentd`: the largest 3D connected component, labelled inside the foreground's
   bounding box only (with ``cc3d`` when it is installed).
-- :class:`Resized`: MONAI's ``Resized`` with its Gaussian anti-aliasing done as shifted sums.
+- :class:`Resized`: MONAI's ``Resized``, linear modes as one sparse matrix product per axis (anti-aliasing included).
+- :func:`keep_freed_memory`: volume-sized arrays reuse freed memory instead of faulting in fresh pages.
 - :func:`use_fast_gzip`: nibabel reads and writes ``.nii.gz`` through ISA-L when ``isal`` is installed.
 - :func:`loader_workers`: one worker reading ahead when several volumes are segmented on several cores.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +28,14 @@ import torch
 from monai.config import KeysCollection
 from monai.inferers import Inferer
 from monai.networks.layers.convutils import gaussian_1d
+from monai.data import MetaTensor
+from monai.data.meta_obj import get_track_meta
 from monai.transforms import MapTransform, Resize
 from monai.transforms import Resized as MonaiResized
-from monai.utils import convert_to_dst_type, convert_to_tensor, ensure_tuple, ensure_tuple_rep, fall_back_tuple
+from monai.transforms.inverse import TraceableTransform
+from monai.transforms.utils import scale_affine
+from monai.utils import (TraceKeys, convert_to_dst_type, convert_to_tensor, ensure_tuple, ensure_tuple_rep,
+                         fall_back_tuple, get_equivalent_dtype)
 from torch import nn
 
 from .checkpoint import load_weights
@@ -233,59 +241,133 @@ def foreground_box(array: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
-def gaussian_smooth_separable(image: torch.Tensor, sigma) -> torch.Tensor:
-    """``GaussianSmooth(sigma)(image)`` for ``[C, *spatial]``: the same zero-padded, erf-sampled kernels
-    applied as shifted sums along each axis, ~20× faster on the CPU than MONAI's 3D convolutions."""
-    out = convert_to_tensor(image, track_meta=False).float()
-    for axis, axis_sigma in enumerate(ensure_tuple_rep(sigma, out.ndim - 1), start=1):
-        kernel = gaussian_1d(torch.tensor(float(axis_sigma)), truncated=4.0, approx="erf").tolist()
-        radius, length = len(kernel) // 2, out.shape[axis]
-        if all(w == 0 for i, w in enumerate(kernel) if i != radius) and kernel[radius] == 1:
-            continue  # sigma 0: the identity
-        smoothed = out * kernel[radius]
-        for index, weight in enumerate(kernel):
-            shift = index - radius
-            if shift == 0 or weight == 0 or abs(shift) >= length:
-                continue
-            if shift > 0:  # smoothed[j] += w * out[j + shift]; zeros beyond the border
-                smoothed.narrow(axis, 0, length - shift).add_(out.narrow(axis, shift, length - shift), alpha=weight)
-            else:
-                smoothed.narrow(axis, -shift, length + shift).add_(out.narrow(axis, 0, length + shift), alpha=weight)
-        out = smoothed
-    return convert_to_dst_type(out, image, dtype=out.dtype)[0]
+LINEAR_MODES = ("linear", "bilinear", "trilinear")
 
 
-class AntiAliasedResize(Resize):
-    """MONAI's ``Resize``; when it anti-aliases a downsampling (``size_mode="all"``, not lazy), the
-    Gaussian is :func:`gaussian_smooth_separable` (same sigma, same kernels), then MONAI interpolates.
-    The recorded transform, hence ``Invertd``, is MONAI's."""
+@functools.lru_cache(maxsize=32)
+def resize_matrix(in_size: int, out_size: int, sigma: float = 0.0, align_corners: bool | None = None,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The ``out_size × in_size`` sparse (CSR) matrix of one axis of MONAI's ``Resize`` in a linear mode:
+    the zero-padded Gaussian of MONAI's anti-aliasing (``sigma``; erf-sampled, truncated at 4 sigma), then
+    PyTorch's linear interpolation (``align_corners`` as in ``torch.nn.functional.interpolate``).
+    Cached: a server resizes every volume between the same sizes (read-only, do not modify it)."""
+    out_index = np.arange(out_size, dtype=np.float64)
+    if align_corners:
+        source = out_index * ((in_size - 1) / (out_size - 1) if out_size > 1 else 0.0)
+    else:
+        source = np.maximum((out_index + 0.5) * (in_size / out_size) - 0.5, 0.0)
+    low = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
+    high = np.minimum(low + 1, in_size - 1)
+    weight = source - low
+    matrix = np.zeros((out_size, in_size))
+    np.add.at(matrix, (np.arange(out_size), low), 1.0 - weight)
+    np.add.at(matrix, (np.arange(out_size), high), weight)
+    if sigma > 0:
+        kernel = gaussian_1d(torch.tensor(float(sigma)), truncated=4.0, approx="erf").double().numpy()
+        radius = len(kernel) // 2
+        smooth = np.zeros((in_size, in_size))
+        for offset, value in enumerate(kernel):  # smoothed[i] = sum_o kernel[o] * x[i + o - radius], zeros outside
+            shift = offset - radius
+            rows = np.arange(max(0, -shift), min(in_size, in_size - shift))
+            smooth[rows, rows + shift] += value
+        matrix = matrix @ smooth
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": the product used here is long-standing
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(matrix).to(dtype).to_sparse_csr()
+
+
+def separable_resize(image: torch.Tensor, out_size, sigma=0.0, align_corners: bool | None = None) -> torch.Tensor:
+    """``[C, *spatial]`` resized axis by axis with :func:`resize_matrix` (one sparse product per axis
+    that changes; the largest reduction first, so later products see the smallest array)."""
+    out = image
+    sigmas = ensure_tuple_rep(sigma, image.ndim - 1)
+    axes = [a for a in range(1, image.ndim) if out_size[a - 1] != image.shape[a] or sigmas[a - 1] > 0]
+    for axis in sorted(axes, key=lambda a: out_size[a - 1] / image.shape[a]):
+        matrix = resize_matrix(out.shape[axis], out_size[axis - 1], sigmas[axis - 1], align_corners, out.dtype)
+        moved = out.movedim(axis, 0)
+        product = matrix @ moved.reshape(moved.shape[0], -1)
+        out = product.reshape(-1, *moved.shape[1:]).movedim(0, axis)
+    return out.contiguous()
+
+
+class SeparableResize(Resize):
+    """MONAI's ``Resize``; in the linear modes (not lazy, ``size_mode="all"``) each axis is one sparse
+    matrix product (:func:`separable_resize`) with the Gaussian anti-aliasing folded in: the same result
+    (to float rounding) several times faster on the CPU, the same recorded transform, and its inverse
+    (``Invertd``) is computed the same way. Other modes are MONAI's own."""
 
     def __call__(self, img, mode=None, align_corners=None, anti_aliasing=None, anti_aliasing_sigma=None, dtype=None,
                  lazy=None):
+        mode_ = self.mode if mode is None else mode
+        align_corners_ = self.align_corners if align_corners is None else align_corners
         anti_aliasing = self.anti_aliasing if anti_aliasing is None else anti_aliasing
         sigma = self.anti_aliasing_sigma if anti_aliasing_sigma is None else anti_aliasing_sigma
         lazy_ = self.lazy if lazy is None else lazy
-        in_size = tuple(img.shape[1:])
-        if anti_aliasing and not lazy_ and self.size_mode == "all" and len(ensure_tuple(self.spatial_size)) == len(in_size):
-            out_size = fall_back_tuple(self.spatial_size, in_size)
-            if any(o < i for o, i in zip(out_size, in_size)):
-                factors = [i / o for i, o in zip(in_size, out_size)]
-                if sigma is None:  # skimage's default, as MONAI
-                    sigma = [max(0.0, (f - 1) / 2) for f in factors]
-                else:
-                    sigma = [s * int(f > 1) for s, f in zip(ensure_tuple_rep(sigma, len(in_size)), factors)]
-                img = gaussian_smooth_separable(img, sigma)
-            anti_aliasing = False
-        return super().__call__(img, mode, align_corners, anti_aliasing, None, dtype, lazy)
+        in_size = tuple(int(s) for s in img.shape[1:])
+        if (lazy_ or str(mode_) not in LINEAR_MODES or self.size_mode != "all"
+                or len(ensure_tuple(self.spatial_size)) != len(in_size)):
+            return super().__call__(img, mode, align_corners, anti_aliasing, anti_aliasing_sigma, dtype, lazy)
+        out_size = tuple(int(s) for s in fall_back_tuple(self.spatial_size, in_size))
+        dtype_ = get_equivalent_dtype(dtype or self.dtype or img.dtype, torch.Tensor)
+        factors = [i / o for i, o in zip(in_size, out_size)]
+        if not anti_aliasing or all(f <= 1 for f in factors):
+            sigma = [0.0] * len(in_size)
+        elif sigma is None:  # skimage's default, as MONAI
+            sigma = [max(0.0, (f - 1) / 2) for f in factors]
+        else:
+            sigma = [s * int(f > 1) for s, f in zip(ensure_tuple_rep(sigma, len(in_size)), factors)]
+        meta_info = TraceableTransform.track_transform_meta(
+            img, sp_size=out_size, affine=scale_affine(in_size, out_size, align_corners=bool(align_corners_)),
+            extra_info={"mode": mode_, "align_corners": align_corners_ if align_corners_ is not None else TraceKeys.NONE,
+                        "dtype": str(dtype_)[6:], "new_dim": 0},
+            orig_size=in_size, transform_info=self.get_transform_info(), lazy=False)
+        data = convert_to_tensor(img, track_meta=False, dtype=dtype_)
+        resized = separable_resize(data, out_size, sigma, align_corners_) if out_size != in_size else data
+        out = convert_to_tensor(resized, dtype=torch.float32, track_meta=get_track_meta())
+        return out.copy_meta_from(meta_info) if isinstance(out, MetaTensor) else out
+
+    def inverse_transform(self, data, transform):
+        extra = transform[TraceKeys.EXTRA_INFO]
+        align_corners = extra["align_corners"]
+        xform = SeparableResize(spatial_size=transform[TraceKeys.ORIG_SIZE], mode=extra["mode"],
+                                align_corners=None if align_corners == TraceKeys.NONE else align_corners,
+                                dtype=extra["dtype"])
+        with xform.trace_transform(False):
+            data = xform(data)
+        for _ in range(extra["new_dim"]):
+            data = data.squeeze(-1)
+        return data
 
 
 class Resized(MonaiResized):
-    """``monai.transforms.Resized`` with :class:`AntiAliasedResize`: the same arguments, result and inverse."""
+    """``monai.transforms.Resized`` with :class:`SeparableResize`: the same arguments, result and inverse."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.resizer = AntiAliasedResize(spatial_size=self.resizer.spatial_size, size_mode=self.resizer.size_mode,
-                                         lazy=self.resizer.lazy)
+        self.resizer = SeparableResize(spatial_size=self.resizer.spatial_size, size_mode=self.resizer.size_mode,
+                                       lazy=self.resizer.lazy)
+
+
+def keep_freed_memory() -> bool:
+    """Large arrays from the heap, and freed memory kept for the next ones (glibc's ``mallopt``; True if set).
+
+    By default glibc maps every array above 32 MB afresh and unmaps it when freed, so each of the dozen
+    volume-sized arrays of a segmentation is faulted in page by page: about 0.7 s of system time per
+    512×512×100 volume on 2 cores, more than the model. The cost: the process keeps its peak memory
+    instead of returning it between volumes. Not glibc (macOS, musl): nothing is changed."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None and hasattr(libc, "gnu_get_libc_version") else None
+    except OSError:
+        mallopt = None
+    if mallopt is None:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def gzip_open_isal(filename: str, mode: str = "rb", compresslevel: int = 1, mtime: int = 0, keep_open: bool = False):

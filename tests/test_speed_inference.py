@@ -2,9 +2,11 @@
 
 import gzip
 import logging
+import resource
 import subprocess
 import sys
 from functools import partial
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -150,7 +152,7 @@ def test_largest_component_is_monais_largest_component(totalseg_dir, fast, monke
     assert 0 < expected.sum() < masks[-1].sum()  # the speckle mask did lose its small components
 
 
-def test_resized_is_monais_resized_with_anti_aliasing(totalseg_dir):
+def test_resized_is_monais_resized_forward_and_inverse(totalseg_dir):
     from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
     from monai.transforms import Resized as MonaiResized, ScaleIntensityRanged
 
@@ -161,16 +163,21 @@ def test_resized_is_monais_resized_with_anti_aliasing(totalseg_dir):
     data = load({"image": str(totalseg_dir / "example_ct.nii.gz")})  # 122×101×112
     for kwargs in ({"mode": "trilinear", "anti_aliasing": True}, {"mode": "trilinear", "anti_aliasing": True,
                                                                  "anti_aliasing_sigma": 0.8},
-                   {"mode": "area"}):
-        for size in ([48, 40, -1], [48, 200, 50]):  # downsampling in-plane; and mixed
-            expected = MonaiResized("image", size, **kwargs)(dict(data))
-            fast_resized = Resized("image", size, **kwargs)
-            fast = fast_resized(dict(data))
-            assert fast["image"].shape == expected["image"].shape
-            assert (fast["image"] - expected["image"]).abs().max().item() <= 1e-5, kwargs
+                   {"mode": "trilinear"}, {"mode": "trilinear", "align_corners": True, "anti_aliasing": True},
+                   {"mode": "area"}, {"mode": "nearest-exact"}):
+        for size in ([48, 40, -1], [48, 200, 50], [122, 101, 112]):  # downsampling in-plane; mixed; unchanged
+            monai_resized, fast_resized = MonaiResized("image", size, **kwargs), Resized("image", size, **kwargs)
+            expected, fast = monai_resized(dict(data)), fast_resized(dict(data))
+            assert fast["image"].shape == expected["image"].shape and fast["image"].dtype == expected["image"].dtype
+            assert (fast["image"] - expected["image"]).abs().max().item() <= 1e-5, (kwargs, size)
+            assert torch.allclose(fast["image"].affine, expected["image"].affine)
             for field in ("orig_size", "extra_info"):
                 assert fast["image"].applied_operations[-1][field] == expected["image"].applied_operations[-1][field]
-            assert fast_resized.inverse(fast)["image"].shape == data["image"].shape
+            inverted, expected_inverse = fast_resized.inverse(fast), monai_resized.inverse(expected)
+            assert inverted["image"].shape == data["image"].shape
+            assert (inverted["image"] - expected_inverse["image"]).abs().max().item() <= 1e-5, (kwargs, size)
+            assert torch.allclose(inverted["image"].affine, data["image"].affine)
+            assert inverted["image"].applied_operations == data["image"].applied_operations
 
 
 def test_fast_gzip_reads_and_writes_the_images_nibabel_does(totalseg_dir, tmp_path, monkeypatch):
@@ -271,3 +278,22 @@ def test_inference_of_several_volumes_with_a_reading_worker_writes_the_same_mask
     assert len(masks[0]) == 2 and masks[0].keys() == masks[1].keys()
     for name, mask in masks[0].items():
         assert np.array_equal(mask, masks[1][name]) and mask.any(), name
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+@pytest.mark.parametrize("keep", [True, False])
+def test_freed_volume_memory_is_reused_without_page_faults(keep):
+    """A 200 MB tensor allocated and freed in turn: fresh pages (one fault each) every time by default; none
+    once keep_freed_memory() is set and the heap has grown. Counted in a fresh process (the setting is
+    process-wide)."""
+    code = ("import resource, torch, bundle.inference as i; kept = i.keep_freed_memory() if KEEP else None\n"
+            "def volume():\n  a = torch.ones(50_000_000); del a\n"
+            "volume(); volume()\nbefore = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\nvolume()\n"
+            "print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)").replace("KEEP", str(keep))
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(inference.__file__).parents[1], capture_output=True,
+                         text=True, check=True).stdout.split()
+    pages = 200e6 / resource.getpagesize()
+    if keep:
+        assert out[0] == "True" and int(out[1]) < 0.01 * pages
+    else:
+        assert int(out[1]) > 0.5 * pages
