@@ -283,17 +283,18 @@ def test_inference_of_several_volumes_with_a_reading_worker_writes_the_same_mask
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 @pytest.mark.parametrize("keep", [True, False])
 def test_freed_volume_memory_is_reused_without_page_faults(keep):
-    """A 200 MB tensor allocated and freed in turn: fresh pages (one fault each) every time by default; none
-    once keep_freed_memory() is set and the heap has grown. Counted in a fresh process (the setting is
-    process-wide)."""
+    """A 200 MB tensor allocated and freed eight times: fresh pages (one fault each) every time by default;
+    once keep_freed_memory() is set, the heap grows for the first ones and then serves the rest. Counted in
+    a fresh process (the setting is process-wide)."""
     code = ("import resource, torch, bundle.inference as i; kept = i.keep_freed_memory() if KEEP else None\n"
             "def volume():\n  a = torch.ones(50_000_000); del a\n"
-            "volume(); volume()\nbefore = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\nvolume()\n"
+            "volume(); volume()\nbefore = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "for _ in range(6): volume()\n"
             "print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)").replace("KEEP", str(keep))
     out = subprocess.run([sys.executable, "-c", code], cwd=Path(inference.__file__).parents[1], capture_output=True,
                          text=True, check=True).stdout.split()
-    pages = 200e6 / resource.getpagesize()
+    pages = 200e6 / resource.getpagesize()  # faults of one volume
     if keep:
-        assert out[0] == "True" and int(out[1]) < 0.01 * pages
+        assert out[0] == "True" and int(out[1]) <= 1.1 * pages  # six volumes: at most one more faulted in
     else:
-        assert int(out[1]) > 0.5 * pages
+        assert int(out[1]) > 5 * pages
