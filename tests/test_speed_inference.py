@@ -298,3 +298,31 @@ def test_freed_volume_memory_is_reused_without_page_faults(keep):
         assert out[0] == "True" and int(out[1]) <= 1.1 * pages  # six volumes: at most one more faulted in
     else:
         assert int(out[1]) > 5 * pages
+
+
+def test_nifti_reader_loads_what_monais_reader_loads(totalseg_dir, tmp_path):
+    """inference.json's loader (NiftiReader first, ITK for the rest): the voxels, affine and meta data of
+    MONAI's default loader, for int16, int32 and uint8 NIfTI, a scaled NIfTI and a DICOM series."""
+    from monai.bundle import ConfigParser
+    from monai.transforms import LoadImaged
+
+    from bundle.inference import NiftiReader
+
+    ct = nib.load(totalseg_dir / "example_ct_sm.nii.gz")
+    scaled = nib.Nifti1Image(np.asarray(ct.dataobj).astype(np.int16) // 2, ct.affine)
+    scaled.header.set_slope_inter(2.0, -3.5)
+    nib.save(scaled, tmp_path / "scaled.nii.gz")
+    parser = ConfigParser()
+    parser.read_config(Path(inference.__file__).parents[1] / "configs" / "inference.json")
+    loader = parser.get_parsed_content("image_loading")[0]
+    assert isinstance(loader._loader.readers[-1], NiftiReader)
+    for path in ("example_ct_sm.nii.gz", "example_ct.nii.gz", "example_seg.nii.gz", tmp_path / "scaled.nii.gz",
+                 "example_ct_dicom"):
+        path = totalseg_dir / path
+        expected = LoadImaged("image", image_only=True)({"image": str(path)})["image"]
+        loaded = loader({"image": str(path)})["image"]
+        assert loaded.dtype == expected.dtype == torch.float32 and loaded.is_contiguous(), path.name
+        assert torch.allclose(loaded.as_tensor(), expected.as_tensor(), rtol=0, atol=1e-4), path.name
+        assert torch.allclose(loaded.affine, expected.affine), path.name
+        assert loaded.meta["spatial_shape"].tolist() == expected.meta["spatial_shape"].tolist(), path.name
+    assert loaded.meta["filename_or_obj"] == str(path) and loaded.shape == (512, 512, 20)
