@@ -326,3 +326,20 @@ def test_nifti_reader_loads_what_monais_reader_loads(totalseg_dir, tmp_path):
         assert torch.allclose(loaded.affine, expected.affine), path.name
         assert loaded.meta["spatial_shape"].tolist() == expected.meta["spatial_shape"].tolist(), path.name
     assert loaded.meta["filename_or_obj"] == str(path) and loaded.shape == (512, 512, 20)
+
+
+def test_nifti_writer_writes_the_bytes_monais_writer_writes(totalseg_dir, tmp_path):
+    from monai.transforms import LoadImage, SaveImage
+
+    from bundle.inference import NiftiWriter
+
+    image = LoadImage(image_only=True, ensure_channel_first=True)(totalseg_dir / "example_ct_sm.nii.gz")
+    for name, array, dtype in (("mask", image > 100, np.uint8), ("ct", image, np.float32)):
+        written = []
+        for writer in (None, NiftiWriter):
+            out = tmp_path / ("monai" if writer is None else "fast")
+            SaveImage(output_dir=out, output_postfix=name, output_dtype=dtype, resample=False, separate_folder=False,
+                      print_log=False, writer=writer)(array)
+            written.append(next(out.glob(f"*_{name}.nii.gz")))
+        assert written[0].read_bytes() == written[1].read_bytes(), name
+        assert np.array_equal(np.asarray(nib.load(written[1]).dataobj), np.asarray(array[0], dtype=dtype)), name
