@@ -12,7 +12,6 @@
 - :class:`NiftiWriter`: masks handed to nibabel in NIfTI's (Fortran) order, so that it need not transpose them.
 - :func:`keep_freed_memory`: volume-sized arrays reuse freed memory instead of faulting in fresh pages.
 - :func:`use_fast_gzip`: nibabel reads and writes ``.nii.gz`` through ISA-L when ``isal`` is installed.
-- :func:`loader_workers`: one worker reading ahead when several volumes are segmented on several cores.
 """
 
 from __future__ import annotations
@@ -63,13 +62,6 @@ def use_threads(threads: int = 0) -> int:
     threads = threads or available_cores()
     torch.set_num_threads(threads)
     return threads
-
-
-def loader_workers(volumes: int) -> int:
-    """DataLoader workers for segmenting ``volumes`` files: one, to read and preprocess the next volume while
-    this one is segmented, when there are several volumes and several cores; none otherwise (a worker
-    costs its start-up and moving the volume between processes, and one core has no room for it)."""
-    return 1 if volumes > 1 and available_cores() > 1 else 0
 
 
 def resolve_backend(backend: str, device: str | torch.device = "cpu") -> str:
@@ -145,19 +137,24 @@ def onnx_session(network: nn.Module, ckpt_path: str | os.PathLike, onnx_path: st
 def serving_network(network: nn.Module, ckpt_path: str | os.PathLike, backend: str = "auto",
                     onnx_path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
                     threads: int = 0, slice_size: int = 256) -> nn.Module:
-    """The student ready to run on ``backend`` (see :func:`resolve_backend`); logs what it chose."""
+    """The student ready to run on ``backend`` (see :func:`resolve_backend`), in a process set up to segment
+    volumes: :func:`use_threads`, :func:`keep_freed_memory`, :func:`use_fast_gzip`. They are set here, where
+    ``network`` is built, because MONAI Label builds it from inference.json but runs no ``initialize``.
+    Logs what it chose."""
     chosen = resolve_backend(backend, device)
     threads = use_threads(threads)
+    process = (f"{'freed memory kept' if keep_freed_memory() else 'default allocator'}, "
+               f"gzip through {'ISA-L' if use_fast_gzip() else 'zlib'}")
     if chosen == "torch":
         loaded = load_weights(network, ckpt_path, role="network").to(device).eval()
-        logger.info("inference backend: torch %s on %s, %d threads (requested: %s)", torch.__version__, device,
-                    threads, backend)
+        logger.info("inference backend: torch %s on %s, %d threads (requested: %s); %s", torch.__version__, device,
+                    threads, backend, process)
         return loaded
     if onnx_path is None:
         onnx_path = Path(ckpt_path).with_suffix(".onnx")
     session = onnx_session(network, ckpt_path, onnx_path, slice_size, threads)
-    logger.info("inference backend: onnxruntime %s (%s), %d threads, model '%s' (requested: %s)",
-                session.version, session.precision, threads, session.path, backend)
+    logger.info("inference backend: onnxruntime %s (%s), %d threads, model '%s' (requested: %s); %s",
+                session.version, session.precision, threads, session.path, backend, process)
     return session
 
 
@@ -254,29 +251,30 @@ def resize_matrix(in_size: int, out_size: int, sigma: float = 0.0, align_corners
     the zero-padded Gaussian of MONAI's anti-aliasing (``sigma``; erf-sampled, truncated at 4 sigma), then
     PyTorch's linear interpolation (``align_corners`` as in ``torch.nn.functional.interpolate``).
     Cached: a server resizes every volume between the same sizes (read-only, do not modify it)."""
-    out_index = np.arange(out_size, dtype=np.float64)
+    rows = np.arange(out_size)
     if align_corners:
-        source = out_index * ((in_size - 1) / (out_size - 1) if out_size > 1 else 0.0)
+        source = rows * ((in_size - 1) / (out_size - 1) if out_size > 1 else 0.0)
     else:
-        source = np.maximum((out_index + 0.5) * (in_size / out_size) - 0.5, 0.0)
+        source = np.maximum((rows + 0.5) * (in_size / out_size) - 0.5, 0.0)
     low = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
-    high = np.minimum(low + 1, in_size - 1)
     weight = source - low
-    matrix = np.zeros((out_size, in_size))
-    np.add.at(matrix, (np.arange(out_size), low), 1.0 - weight)
-    np.add.at(matrix, (np.arange(out_size), high), weight)
-    if sigma > 0:
-        kernel = gaussian_1d(torch.tensor(float(sigma)), truncated=4.0, approx="erf").double().numpy()
-        radius = len(kernel) // 2
-        smooth = np.zeros((in_size, in_size))
-        for offset, value in enumerate(kernel):  # smoothed[i] = sum_o kernel[o] * x[i + o - radius], zeros outside
-            shift = offset - radius
-            rows = np.arange(max(0, -shift), min(in_size, in_size - shift))
-            smooth[rows, rows + shift] += value
-        matrix = matrix @ smooth
+    taps = [(low, 1.0 - weight), (np.minimum(low + 1, in_size - 1), weight)]  # smoothed[low], smoothed[high]
+    kernel = [1.0]
+    if sigma > 0:  # smoothed[i] = sum_o kernel[o] * x[i + o - radius], zeros outside
+        kernel = gaussian_1d(torch.tensor(float(sigma)), truncated=4.0, approx="erf").double().tolist()
+    radius = len(kernel) // 2
+    entries = []
+    for columns, values in taps:
+        for offset, value in enumerate(kernel):
+            shifted = columns + offset - radius
+            inside = (shifted >= 0) & (shifted < in_size)
+            entries.append((rows[inside], shifted[inside], values[inside] * value))
+    indices = np.stack([np.concatenate([e[0] for e in entries]), np.concatenate([e[1] for e in entries])])
+    values = np.concatenate([e[2] for e in entries])
+    matrix = torch.sparse_coo_tensor(torch.from_numpy(indices), torch.from_numpy(values), (out_size, in_size))
     with warnings.catch_warnings():  # "sparse CSR support is in beta": the product used here is long-standing
         warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(matrix).to(dtype).to_sparse_csr()
+        return matrix.coalesce().to(dtype).to_sparse_csr()  # coalesce sums the entries that meet
 
 
 def separable_resize(image: torch.Tensor, out_size, sigma=0.0, align_corners: bool | None = None) -> torch.Tensor:
