@@ -13,7 +13,7 @@ Writes one JSON (schema below) and a markdown table beside it (``.md``), and pri
                                     "stages_s": {"read", "preprocess", "model", "invert", "postprocess", "write"},
                                     "list": {"volumes", "num_workers", "per_volume_s"}}},
      "ratios": {"S1/T1", "S1-fast/T1", "backend", "size", "basis"},   # same backend, same run
-     "cli": {"<student>": {"command", "runs", "wall_s", "user_s", "sys_s"}},   # with --cli
+     "cli": {"<student>": {"command", "runs", "wall_s", "user_s", "sys_s", "import_monai_s"}},   # with --cli
      "training": [...]}                                               # unless --no_training
 
 Backends: ``torch`` (eager, ``no_grad``), ``onnx`` (ONNX Runtime fp32, what ``inference.json`` uses on
@@ -269,10 +269,15 @@ def cli_seconds(name: str, image: Path, ckpt: Path, onnx: Path, out_dir: Path, r
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         users.append(after.ru_utime - before.ru_utime)
         systems.append(after.ru_stime - before.ru_stime)
+    imports = []
+    for _ in range(repeats):  # the floor no bundle setting can lower: MONAI imports all its packages
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import monai"], cwd=ROOT, check=True, capture_output=True)
+        imports.append(time.perf_counter() - start)
     shown = (f"python -m monai.bundle run --config_file configs/inference.json --input_files {image.name}"
              + ("" if name == "S1" else f" --network_def <{name}>"))
     return {"command": shown, "runs": repeats, "wall_s": statistics.median(walls), "user_s": statistics.median(users),
-            "sys_s": statistics.median(systems)}
+            "sys_s": statistics.median(systems), "import_monai_s": statistics.median(imports)}
 
 
 def training_steps(device: str, iterations: int = 20, size: int = 96, batch: int = 16) -> dict:
@@ -369,7 +374,8 @@ def markdown(report: dict) -> str:
                                 "mask fraction"], rows))
     for name, cli in report.get("cli", {}).items():
         text += ["", f"`{cli['command']}` ({name}, fresh process): {cli['wall_s']:.2f} s wall, {cli['user_s']:.2f} s "
-                     f"user, {cli['sys_s']:.2f} s system (median of {cli['runs']})."]
+                     f"user, {cli['sys_s']:.2f} s system (median of {cli['runs']}); `python -c \"import monai\"` alone, "
+                     f"right after: {cli['import_monai_s']:.2f} s wall."]
     for t in report.get("training", []):
         text += ["", f"Training step ({t['device']}, {t['slice_size']}², batch {t['batch']}): student "
                      f"{t['student_it_per_s']:.2f} it/s, KD {t['kd_it_per_s']:.2f} it/s "

@@ -1,7 +1,6 @@
 """scripts/benchmark.py writes its documented schema, with ratios from the same backend and run."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -30,6 +29,6 @@ def test_benchmark_writes_the_documented_schema(tmp_path, request):
     assert set(volume["stages_s"]) == {"read", "preprocess", "model", "invert", "postprocess", "write"}
     assert all(v >= 0 for v in volume["stages_s"].values()) and volume["total_s"] > 0
     assert volume["list"]["volumes"] == 4 and volume["list"]["per_volume_s"] > 0
-    assert volume["list"]["num_workers"] == (1 if len(os.sched_getaffinity(0)) > 1 else 0)
+    assert volume["list"]["num_workers"] == 0  # read in the main process: a worker was slower on 2 cores
     table = out.with_suffix(".md").read_text()
     assert "S1/T1" in table and "Load average" in table
