@@ -28,10 +28,10 @@ import nibabel as nib
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.inferers import Inferer
-from monai.networks.layers.convutils import gaussian_1d
 from monai.data import MetaTensor, NibabelReader, NibabelWriter
 from monai.data.meta_obj import get_track_meta
+from monai.inferers import Inferer
+from monai.networks.layers.convutils import gaussian_1d
 from monai.transforms import MapTransform, Resize
 from monai.transforms import Resized as MonaiResized
 from monai.transforms.inverse import TraceableTransform
