@@ -47,6 +47,9 @@ REQUIREMENTS=(
     "numpy<2"
     "pytorch-ignite==0.5.5"
     "tensorboard"
+    # what inference.json serves fast with (its `auto` backend is ONNX Runtime when present, else
+    # PyTorch eager, 3-4x slower for the student): the same pins as requirements.txt
+    "onnx==1.23.2" "onnxruntime==1.32.0" "isal==1.9.1" "connected-components-3d==4.1.1"
     # monailabel 0.8.5's own dependencies (its METADATA), without sam2 and the monai extras above.
     # The web/DICOM stack is pinned to the versions verified with it (a 2024 server on 2026 packages).
     # pydicom<3: pydicom-seg 0.4.1 (imported at server start) needs pydicom._storage_sopclass_uids,

@@ -126,10 +126,41 @@ def test_axial_slice_inferer_gives_what_slice_inferer_gives(trained, ct):
     volume = MetaTensor(ct[0][:, 0].permute(1, 2, 0)[None, None], affine=torch.diag(torch.tensor([3.0, 3.0, 3.0, 1.0])))
     with torch.no_grad():
         expected = SliceInferer(roi_size=(SIZE, SIZE), spatial_dim=2, sw_batch_size=7, progress=False)(volume, network)
-        fast = AxialSliceInferer(batch_size=7)(volume, network)
+        fast = AxialSliceInferer(batch_size=7, backend="torch")(volume, network)
     assert fast.shape == expected.shape == (1, 1, SIZE, SIZE, 30)
     assert (fast - expected).abs().max().item() <= 1e-5
     assert isinstance(fast, MetaTensor) and torch.equal(fast.affine, volume.affine)
+
+
+def test_axial_slice_inferer_runs_a_torch_network_through_onnx_runtime_once_per_weights(trained, ct, caplog):
+    """What MONAI Label hands the inferer: network_def with the checkpoint loaded, in eval mode. ``auto``
+    exports it to ONNX Runtime once, again when the weights change; never in training mode."""
+    from bundle.deploy import OnnxRuntimeNetwork
+
+    network = FeatureUNet(**S1_FAST)
+    network.load_state_dict(trained[0].state_dict())
+    network.eval()
+    volume = ct[0][:, 0].permute(1, 2, 0)[None, None]
+    inferer = AxialSliceInferer(batch_size=8)
+    with torch.no_grad(), caplog.at_level(logging.INFO, logger="bundle.inference"):
+        expected = AxialSliceInferer(batch_size=8, backend="torch")(volume, network)
+        first = inferer(volume, network)
+        session = inferer.served(network, (SIZE, SIZE))
+        again = inferer(volume, network)
+    assert isinstance(session, OnnxRuntimeNetwork) and inferer.served(network, (SIZE, SIZE)) is session
+    assert "exported from the PyTorch network given to the inferer" in caplog.text
+    assert (first - expected).abs().max().item() <= 1e-4 and torch.equal(first, again)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.mul_(1.1)
+        changed = inferer(volume, network)
+        assert inferer.served(network, (SIZE, SIZE)) is not session
+        assert (changed - AxialSliceInferer(backend="torch")(volume, network)).abs().max().item() <= 1e-4
+        assert (changed - first).abs().max().item() > 1e-2
+    network.train()
+    assert inferer.served(network, (SIZE, SIZE)) is network
+    with pytest.raises(ValueError, match="backend 'tensorrt'"):
+        AxialSliceInferer(backend="tensorrt")
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["cc3d", "scipy"])
