@@ -2,6 +2,7 @@
 
 import gzip
 import importlib.util
+import json
 import logging
 import resource
 import subprocess
@@ -287,20 +288,19 @@ def test_inference_config_serves_on_onnx_runtime_by_default(trained, tmp_path, r
 def test_inference_of_several_volumes_with_a_reading_worker_writes_the_same_masks(trained, totalseg_dir, tmp_path,
                                                                                    request):
     """Two volumes (the real NIfTI and the DICOM series): with ``--num_workers 1`` (off by default: on 2 cores
-    the reading worker slowed a list of volumes down) the masks are those read in the main process."""
-    from monai.bundle import ConfigWorkflow
-
+    the reading worker slowed a list of volumes down) the masks are those read in the main process. Each run is
+    the command a user types, in a fresh process: the worker is forked, and a fork of this test process, which
+    has already read DICOM with ITK, would wait forever on ITK's thread pool."""
     inputs = [str(totalseg_dir / "example_ct_sm.nii.gz"), str(totalseg_dir / "example_ct_dicom")]
+    network_def = json.dumps({"_target_": "bundle.networks.FeatureUNet", **S1_FAST})
     masks = {}
     for workers in (0, 1):
         out = tmp_path / f"workers{workers}"
-        workflow = ConfigWorkflow(config_file=str(request.config.rootpath / "configs" / "inference.json"),
-                                  workflow_type="infer", logging_file=False, input_files=inputs, output_dir=str(out),
-                                  ckpt_path=str(trained[1]), onnx_path=str(tmp_path / "model.onnx"), slice_size=SIZE,
-                                  num_workers=workers, network_def={"_target_": "bundle.networks.FeatureUNet", **S1_FAST})
-        workflow.initialize()
-        assert workflow.parser.get_parsed_content("dataloader").num_workers == workers
-        workflow.run()
+        subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+                        "--input_files", json.dumps(inputs), "--output_dir", str(out), "--ckpt_path", str(trained[1]),
+                        "--onnx_path", str(tmp_path / "model.onnx"), "--slice_size", str(SIZE),
+                        "--num_workers", str(workers), "--network_def", network_def],
+                       cwd=request.config.rootpath, check=True, capture_output=True, timeout=300)
         masks[workers] = {p.name: np.asarray(nib.load(p).dataobj) for p in sorted(out.glob("*.nii.gz"))}
     assert len(masks[0]) == 2 and masks[0].keys() == masks[1].keys()
     for name, mask in masks[0].items():
