@@ -460,16 +460,14 @@ def keep_freed_memory() -> bool:
     512×512×100 volume on 2 cores, more than the model. The cost: the process keeps its peak memory
     instead of returning it between volumes. Not glibc (macOS, musl): nothing is changed."""
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = libc.mallopt if libc is not None and hasattr(libc, "gnu_get_libc_version") else None
+        process = ctypes.CDLL(None)  # the symbols already loaded, libc's among them
     except OSError:
-        mallopt = None
-    if mallopt is None:
         return False
+    if not hasattr(process, "gnu_get_libc_version") or not hasattr(process, "mallopt"):
+        return False
+    mallopt = process.mallopt
     m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 

@@ -23,8 +23,8 @@ Volume: a 512×512×100 CT made from the real fixture CT (upsampled, with noise;
 HU if the fixture is absent), segmented by the workflow of ``configs/inference.json`` with the
 default backend; ``total_s`` is ``evaluator.run()`` in a process that has already loaded
 everything (the median of ``--repeats``), ``stages_s`` the same transforms timed one by one, ``list`` the
-seconds per volume when four copies are segmented as one list of files (the loader reads ahead; students
-only, else null).
+seconds per volume when four copies are segmented as one list of files (with inference.json's
+``num_workers``; students only, else null).
 Weights are random unless ``--checkpoint S1=path.pt`` is given: speed does not depend on them,
 except the largest-component step, which sees a larger foreground (``foreground_fraction``).
 """
@@ -232,7 +232,7 @@ def volume_seconds(name: str, image: Path, tmp: Path, repeats: int, checkpoint: 
             data = transform(data)
             seconds[_stage(transform, False)] += time.perf_counter() - start
         stage_runs.append(seconds)
-    # a list of files in one run, as a user or a server segments them: the loader may read ahead (students only:
+    # a list of files in one run, as a user or a server segments them (students only:
     # a teacher's minute per volume would not change by it)
     list_volumes = 0 if name in TEACHERS else list_volumes
     copies = []
