@@ -235,6 +235,20 @@ class Server:
         except OSError:
             return ""
 
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def first_error(self, since: int) -> str:
+        """The first exception line logged after byte ``since``: of a chain of exceptions Python
+        prints the root cause first (e.g. the bundle's DataError before MONAI's wrappers)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(since)
+                lines = f.read().decode(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return next((line.strip() for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception)\b.*:", line)), "")
+
     def last_error(self) -> str:
         """The last exception line of the server log, with the source line that raised it."""
         try:
@@ -424,7 +438,7 @@ def try_training(server: Server, bundle: Path, work: Path, image_ids: list[str],
     model_pt = bundle / "models" / "model.pt"
     before = model_pt.stat().st_mtime_ns if model_pt.exists() else None
     request = {"max_epochs": 1, "val_split": 0.5, "device": "cpu", "multi_gpu": False, "pretrained": True}
-    t0 = time.time()
+    t0, log_offset = time.time(), server.log_size()
     status, _, body = http("POST", f"{server.url}/train/{MODEL}", json_body=request, timeout=60)
     if status != 200:
         line = f"POST /train/{MODEL} answered HTTP {status}: {body[:500].decode(errors='replace')}"
@@ -455,7 +469,9 @@ def try_training(server: Server, bundle: Path, work: Path, image_ids: list[str],
     after = model_pt.stat().st_mtime_ns if model_pt.exists() else None
     problems = []
     if final.get("status") != "DONE" or any("Traceback" in d for d in details):
-        problems.append(f"training task {final.get('status')}: " + "\n".join(details[-25:]))
+        cause = server.first_error(log_offset)
+        problems.append(f"training task {final.get('status')}" + (f", first error in the server log: {cause}" if cause else "")
+                        + "\n" + "\n".join(details[-25:]))
     if after is None or after == before:
         problems.append("training did not write a new models/model.pt (the model MONAI Label serves)")
     return ("WORKS" if not problems else "FAILED"), problems

@@ -323,6 +323,28 @@ def test_hu_window_maps_its_ends_to_0_and_1_and_clips_without_volume_max_scaling
     assert torch.equal(with_metal, image)
 
 
+def test_the_pipeline_names_both_files_of_a_label_on_another_grid(tmp_path):
+    """Data that reaches train.json without ``check_pairs`` (MONAI Label's datastore, a datalist given
+    to the workflow directly) is checked in the pipeline: the error names both files instead of a
+    tensor-size error from the slicing; a label stored in another axis order that the reorientation
+    aligns, and a volume without a label (the unlabelled ones of KD), pass."""
+    pair = _pair(tmp_path, np.zeros((8, 8, 4), np.int16), np.ones((8, 8, 5), np.uint8))
+    with pytest.raises(Exception) as raised:
+        _preprocess(dict(pair), slice_size=8)
+    chain, error = [], raised.value
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__
+    data_errors = [e for e in chain if isinstance(e, DataError)]
+    assert data_errors, f"no DataError in {[type(e).__name__ for e in chain]}"
+    assert re.search(r"case_image.nii.gz' \(8, 8, 4\) and label '.*case_label.nii.gz' \(8, 8, 5\) disagree",
+                     str(data_errors[0]))
+    swap = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
+    aligned = _pair(tmp_path, np.zeros((8, 7, 4), np.int16), np.ones((4, 7, 8), np.uint8), label_affine=swap)
+    assert _preprocess(dict(aligned), slice_size=8)["label"].shape == (1, 8, 8, 4)
+    assert "label" not in _preprocess({"image": pair["image"]}, slice_size=8)
+
+
 def test_a_non_ras_input_ends_in_ras(tmp_path):
     ras = np.zeros((12, 10, 4), dtype=np.int16)
     ras[8:11, 1:3, 1] = 164  # near +x (right) and -y (posterior) in RAS voxel order

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from monai.transforms import MapTransform
 
 from ..files import atomic_write_text
 
@@ -143,6 +144,35 @@ def _values_in(label: np.ndarray) -> set:
     return set(np.unique(label).tolist())
 
 
+def _off_grid(image, image_shape, label, label_shape, axis_order: str) -> str:
+    return (f"image '{image}' {tuple(image_shape)} and label '{label}' {tuple(label_shape)} disagree in shape "
+            f"(compared in {axis_order} axis order); a label map must be on its image's voxel grid. Is it the "
+            "label of another scan, or resampled?")
+
+
+class SameGridd(MapTransform):
+    """Raises a ``DataError`` naming both files when a label is not on its image's voxel grid.
+
+    ``check_pairs`` finds this for the datalists the bundle builds; placed after the reorientation in
+    ``train.json``, this finds it for data that reaches the pipeline another way (MONAI Label's
+    datastore, a datalist given to a workflow directly), where it would otherwise pass silently or
+    end as a tensor-size error deep in the slicing. A volume without a label passes.
+    """
+
+    def __init__(self, image_key: str = "image", label_key: str = "label", axis_order: str = "RAS"):
+        super().__init__([image_key, label_key], allow_missing_keys=True)
+        self.image_key, self.label_key, self.axis_order = image_key, label_key, axis_order
+
+    def __call__(self, data):
+        image, label = data.get(self.image_key), data.get(self.label_key)
+        if image is not None and label is not None and tuple(image.shape[1:]) != tuple(label.shape[1:]):
+            name = {key: getattr(value, "meta", {}).get("filename_or_obj", f"<{key}>")
+                    for key, value in ((self.image_key, image), (self.label_key, label))}
+            raise DataError(_off_grid(name[self.image_key], image.shape[1:], name[self.label_key], label.shape[1:],
+                                      self.axis_order))
+        return data
+
+
 def check_pairs(pairs: Sequence[dict], label_value: int = 1, require_spleen: bool = True) -> list[dict]:
     """Open every image and label and check that each is readable and 3D, that image and label
     share their shape (in RAS axis order), and, with ``require_spleen``, that some voxel of some
@@ -157,9 +187,7 @@ def check_pairs(pairs: Sequence[dict], label_value: int = 1, require_spleen: boo
                 raise DataError(f"{key} '{pair[key]}' has shape {tuple(shape)}, {len(shape)}D given: a 3D volume "
                                 "is expected (one channel, no time axis). Export it as a single 3D volume.")
         if _ras_shape(image_shape, image_affine) != _ras_shape(label_shape, label_affine):
-            raise DataError(f"image '{pair['image']}' {image_shape} and label '{pair['label']}' {label_shape} "
-                            "disagree in shape (compared in RAS axis order); a label map must be on its image's "
-                            "voxel grid. Is it the label of another scan, or resampled?")
+            raise DataError(_off_grid(pair["image"], image_shape, pair["label"], label_shape, "RAS"))
         spleen_voxels = int(np.count_nonzero(label == label_value))
         spleen_found = spleen_found or spleen_voxels > 0
         if not spleen_found:  # only needed for the message when no label map has the value

@@ -1,0 +1,95 @@
+"""Figures and tables for reports: overlay grids, training curves from TensorBoard logs, markdown tables."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _radiological(slice_xy: np.ndarray) -> np.ndarray:
+    """RAS+ ``[x, y]`` → rows anterior-first, columns patient-right-first."""
+    return np.asarray(slice_xy).T[::-1, ::-1]
+
+
+def overlay_grid(images: Sequence[np.ndarray], columns: Mapping[str, Sequence[np.ndarray]], out_file: str | Path,
+                 title: str = "") -> Path:
+    """One row per slice: the CT slice, then each named mask (ground truth, students, teacher) overlaid in red.
+
+    Slices are ``[x, y]`` arrays in RAS+ voxel order; they are shown with anterior up and the
+    patient's right on the viewer's left, as radiologists read axial CT.
+    """
+    rows, names = len(images), list(columns)
+    fig, axes = plt.subplots(rows, len(names) + 1, figsize=(2.2 * (len(names) + 1), 2.2 * rows), squeeze=False)
+    for r, image in enumerate(images):
+        panels = [("image", None)] + [(name, columns[name][r]) for name in names]
+        for c, (name, mask) in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(_radiological(image), cmap="gray", vmin=0, vmax=1)
+            if mask is not None:
+                shown = _radiological(mask)
+                ax.imshow(np.ma.masked_where(shown < 0.5, shown), cmap="autumn", alpha=0.5, vmin=0, vmax=1)
+            if r == 0:
+                ax.set_title(name, fontsize=9)
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out_file = Path(out_file)
+    fig.savefig(out_file, dpi=100)
+    plt.close(fig)
+    return out_file
+
+
+def read_scalars(log_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """All scalar series of the TensorBoard event files under ``log_dir``: tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    for event_file in sorted(Path(log_dir).glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(event_file), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            series.setdefault(tag, []).extend((e.step, e.value) for e in accumulator.Scalars(tag))
+    return {tag: sorted(points) for tag, points in series.items()}
+
+
+def training_curves(runs: Mapping[str, str | Path], out_file: str | Path) -> Path:
+    """One panel per logged scalar (each loss term, validation metrics), one line per run."""
+    curves = {run: read_scalars(log_dir) for run, log_dir in runs.items()}
+    tags = sorted({tag for series in curves.values() for tag in series})
+    cols = min(3, max(len(tags), 1))
+    rows = max(math.ceil(len(tags) / cols), 1)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    for ax, tag in zip(axes.flat, tags):
+        for run, series in curves.items():
+            if tag in series:
+                steps, values = zip(*series[tag])
+                ax.plot(steps, values, label=run, linewidth=1)
+        ax.set_title(tag, fontsize=9)
+        ax.set_xlabel("iteration" if len(series.get(tag, [])) > 50 else "epoch", fontsize=8)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(tags):]:
+        ax.axis("off")
+    fig.tight_layout()
+    out_file = Path(out_file)
+    fig.savefig(out_file, dpi=100)
+    plt.close(fig)
+    return out_file
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return "n/a" if math.isnan(value) else f"{value:.4f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
