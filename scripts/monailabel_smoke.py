@@ -224,6 +224,10 @@ class Server:
                "--conf", "sam2", "false", "--host", "127.0.0.1", "--port", str(port)]
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the bundle copy, not the repo
         env["MONAI_LABEL_SESSION_PATH"] = str(work / "sessions")
+        # the server leaves temporary files behind (its logging config, among others): in the work folder,
+        # they go when it goes
+        (work / "tmp").mkdir(exist_ok=True)
+        env["TMPDIR"] = str(work / "tmp")
         self.cmd = cmd
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, cwd=work, stdout=self._log, stderr=subprocess.STDOUT, env=env,

@@ -1,5 +1,7 @@
 """TorchScript and ONNX exports of the student match the PyTorch logits on real CT slices."""
 
+import tempfile
+
 import nibabel as nib
 import numpy as np
 import onnxruntime as ort
@@ -57,6 +59,9 @@ def test_torchscript_export_matches(name, tmp_path, ct_slices, monkeypatch):
 @pytest.mark.parametrize("name", list(STUDENTS))
 def test_onnx_export_matches_for_any_batch(name, tmp_path, ct_slices, monkeypatch):
     monkeypatch.chdir(tmp_path)  # exports from any directory
+    # MONAI's onnx_export goes through a NamedTemporaryFile, and the exporter writes the weights
+    # beside it as <name>.data, which nobody deletes: keep that in the test's folder
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     network, ckpt = _checkpoint(tmp_path, STUDENTS[name])
     onnx_export(filepath=str(tmp_path / "model.onnx"), **_export_args(tmp_path, STUDENTS[name], ckpt),
                 converter_kwargs={"dynamic_axes": {"x": {0: "batch"}}, "input_names": ["x"]})
