@@ -1,3 +1,0 @@
-"""Data: phantoms, datalists and splits, training slices, input validation, MSD download."""
-
-from . import datalist, slicing  # noqa: F401
