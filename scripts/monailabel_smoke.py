@@ -52,6 +52,7 @@ DEFAULT_IMAGE = SHARED / "data" / "totalseg_ct" / "example_ct_sm.nii.gz"
 DEFAULT_LABEL_SOURCE = SHARED / "data" / "totalseg_ct" / "example_seg.nii.gz"
 MODEL = "spleen_kd"
 SPLEEN = 1  # channel_def of network_data_format.outputs.pred: {"0": "background", "1": "spleen"}
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_.]*(Error|Exception)\b.*:")  # "ValueError: ...", "bundle.x.DataError: ..."
 
 
 def log(msg: str = "") -> None:
@@ -251,7 +252,7 @@ class Server:
                 lines = f.read().decode(errors="replace").splitlines()
         except OSError:
             return ""
-        return next((line.strip() for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception)\b.*:", line)), "")
+        return next((line.strip() for line in lines if EXCEPTION_LINE.match(line)), "")
 
     def last_error(self) -> str:
         """The last exception line of the server log, with the source line that raised it."""
@@ -260,7 +261,7 @@ class Server:
         except OSError:
             return ""
         for i in range(len(lines) - 1, -1, -1):
-            if re.match(r"^[A-Za-z_.]*(Error|Exception)\b.*:", lines[i]):
+            if EXCEPTION_LINE.match(lines[i]):
                 where = next((lines[j].strip() for j in range(i - 1, -1, -1) if lines[j].lstrip().startswith("File ")), "")
                 return f"{lines[i].strip()}  [{where}]"
         return ""
