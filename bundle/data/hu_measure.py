@@ -1,6 +1,11 @@
 """Measure per-structure Hounsfield-unit statistics on real labelled CT; the synthetic CT generator reads them.
 
-    python scripts/measure_hu_stats.py --out bundle/data/hu_stats.json
+    spleen-kd measure-hu --out bundle/data/hu_stats.json
+
+By default the scans are the two TotalSegmentator dataset CTs without a spleen in view
+(``sources/totalseg/s0002``, ``s0003``): the non-enhancing tissues (fat, muscle, bone, lung, air) come
+from them, the enhancing organs from the contrast-phase table (``contrast_phases.json``), and nothing
+is measured on the real CT fixtures that transfer is scored on.
 
 For every structure of every (CT, label map) pair: the median and the robust spread (IQR / 1.349) of
 the HU inside the structure, eroded by one voxel so that partial volume at its border does not widen
@@ -21,17 +26,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-ROOT = Path(__file__).resolve().parents[1]
+from .assets import HU_REFERENCE_SCANS, HU_STATS_FILE
 
-SHARED = ROOT.parent / "shared" / "data"
-DEFAULT_PAIRS = [  # (subject, CT, label map, label naming)
-    ("example_ct_sm", SHARED / "totalseg_ct/example_ct_sm.nii.gz", SHARED / "totalseg_ct/example_seg.nii.gz",
-     "totalsegmentator"),
-    ("example_ct_dicom", SHARED / "totalseg_ct/example_ct_dicom", SHARED / "totalseg_ct/example_seg_dicom.nii.gz",
-     "totalsegmentator"),
-    ("s0002", SHARED / "totalseg_dataset/s0002_ct.nii.gz", SHARED / "totalseg_dataset/s0002_labels.nii.gz", "dataset"),
-    ("s0003", SHARED / "totalseg_dataset/s0003_ct.nii.gz", SHARED / "totalseg_dataset/s0003_labels.nii.gz", "dataset"),
-]
 MIN_VOXELS = 50  # fewer eroded voxels than this give no reliable median for a structure
 UNLABELLED_RANGES = {"fat": (-250.0, -30.0), "soft_tissue": (-30.0, 150.0)}
 
@@ -82,23 +78,24 @@ def pool(subjects: dict[str, dict[str, dict]]) -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=str(ROOT / "bundle/data/hu_stats.json"), help="JSON to write")
+    parser.add_argument("--out", default=str(HU_STATS_FILE), help="JSON to write")
     args = parser.parse_args(argv)
 
-    from bundle.data.synthetic import label_names
-    from bundle.files import atomic_write_text
+    from ..files import atomic_write_text
+    from .synthetic import label_names
 
     subjects = {}
-    for subject, ct, label, naming in DEFAULT_PAIRS:
+    for subject, ct, label in HU_REFERENCE_SCANS:
         for path in (ct, label):
             if not path.exists():
-                sys.exit(f"error: '{path}' is missing; the real CT fixtures live in ../shared/data (see its README).")
-        subjects[subject] = measure_subject(ct, label, label_names(naming))
+                sys.exit(f"error: '{path}' is missing; the package data is incomplete (reinstall spleen-kd).")
+        subjects[subject] = measure_subject(ct, label, label_names("dataset"))
         print(f"{subject}: {len(subjects[subject])} structures"
               + "".join(f", {n} {subjects[subject][n]['median']:+.0f} HU" for n in ("spleen", "liver")
                         if n in subjects[subject]))
     result = {"description": "robust HU statistics per structure (median, IQR/1.349) measured by "
-                             "scripts/measure_hu_stats.py on real CT with TotalSegmentator label maps",
+                             "spleen-kd measure-hu on real CT without a spleen in view (TotalSegmentator dataset s0002, s0003) "
+                             "with their label maps; enhancing organs: contrast_phases.json",
               "subjects": subjects, "pooled": pool(subjects)}
     atomic_write_text(args.out, json.dumps(result, indent=1))
     print(f"wrote {args.out}: {len(result['pooled'])} structures")
