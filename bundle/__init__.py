@@ -8,22 +8,17 @@ TensorBoard, the losses).
 
 import importlib
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
-_SUBMODULES = ("checkpoint", "data", "deploy", "engine", "files", "handlers", "inference", "losses", "metrics",
-               "networks", "quantize", "report", "reproducibility", "stats", "switches", "teacher",
-               "tracking")
-# reachable as bundle.<package>.<name> in config expressions once bundle.<package> is
-_PACKAGE_SUBMODULES = {"data": ("datalist", "slicing"), "losses": ("composite",)}
+_SUBMODULES = ("arrays", "checkpoint", "data", "engine", "files", "handlers", "io", "losses", "metrics", "networks",
+               "report", "reproducibility", "serving", "stats", "switches", "teacher", "tracking", "transforms",
+               "workflows")
 
 
 def __getattr__(name: str):
     if name not in _SUBMODULES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    module = importlib.import_module(f".{name}", __name__)
-    for submodule in _PACKAGE_SUBMODULES.get(name, ()):
-        importlib.import_module(f".{name}.{submodule}", __name__)
-    return module
+    return importlib.import_module(f".{name}", __name__)
 
 
 def __dir__():

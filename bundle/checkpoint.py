@@ -199,10 +199,13 @@ def atomic_save(obj, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def publish(best_model: str | os.PathLike, served: str | os.PathLike, enabled=True) -> Path | None:
+def publish(best_model: str | os.PathLike, served: str | os.PathLike, enabled=True, network: nn.Module | None = None,
+            **preprocessing) -> Path | None:
     """Copy a run's best checkpoint to the path inference and MONAI Label load (``models/model.pt``),
-    atomically, so a server never reads half a file. Only rank 0 of a distributed run copies; a run
-    that never validated has no best checkpoint, and then the served model is left as it was."""
+    atomically, so a server never reads half a file, and describe it beside (``model.json``: ``network``'s
+    definition and the ``preprocessing`` it was trained with; :mod:`bundle.serving.model_info`). Only
+    rank 0 of a distributed run copies; a run that never validated has no best checkpoint, and then the
+    served model is left as it was."""
     import torch.distributed as dist
 
     if not flag(enabled):
@@ -215,6 +218,10 @@ def publish(best_model: str | os.PathLike, served: str | os.PathLike, enabled=Tr
     if source.resolve() != Path(served).resolve():
         with atomic_open(served, "wb") as stream:
             stream.write(source.read_bytes())
+    if network is not None:
+        from .serving import model_info
+
+        model_info.write(served, getattr(network, "module", network), **preprocessing)
     return Path(served)
 
 

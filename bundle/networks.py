@@ -79,7 +79,8 @@ class FeatureUNet(nn.Module):
         stem_stride: int = 1,
     ):
         super().__init__()
-        self.hparams = {"channels": list(channels), "bottleneck": bottleneck, "convs_per_block": convs_per_block,
+        self.hparams = {"in_channels": in_channels, "out_channels": out_channels, "channels": list(channels),
+                        "bottleneck": bottleneck, "convs_per_block": convs_per_block,
                         "reconstruction": reconstruction, "stem_stride": stem_stride}
         self.encoders = nn.ModuleList()
         previous = in_channels
@@ -155,8 +156,9 @@ class MultiTaskUNETR(nn.Module):
         super().__init__()
         if img_size % 16:
             raise ValueError(f"MultiTaskUNETR img_size={img_size} must be a multiple of the 16-pixel patch.")
-        self.hparams = {"img_size": img_size, "feature_size": feature_size, "hidden_size": hidden_size,
-                        "num_layers": num_layers, "num_heads": num_heads}
+        self.hparams = {"in_channels": in_channels, "out_channels": out_channels, "img_size": img_size,
+                        "feature_size": feature_size, "hidden_size": hidden_size, "mlp_dim": mlp_dim,
+                        "num_layers": num_layers, "num_heads": num_heads, "norm_name": norm_name}
         self.grid = img_size // 16
         self.hidden_size = hidden_size
         self.vit = ViT(in_channels=in_channels, img_size=img_size, patch_size=16, hidden_size=hidden_size,
@@ -211,3 +213,12 @@ class SelectOutputs(nn.Module):
 def count_parameters(network: nn.Module) -> int:
     """Every parameter, trainable or frozen: the size the model is reported and compared by."""
     return sum(p.numel() for p in network.parameters())
+
+
+def from_definition(definition: dict) -> nn.Module:
+    """A network from its config definition (``{"_target_": ..., **arguments}``), as a bundle config builds it."""
+    from monai.bundle import ConfigParser
+
+    if not isinstance(definition, dict) or "_target_" not in definition:
+        raise ValueError(f"a network definition is a dict with \"_target_\", got {definition!r}.")
+    return ConfigParser({"network": definition}).get_parsed_content("network")

@@ -93,3 +93,48 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _spleen_slice(image_path: str, label_path: str) -> tuple:
+    """The axial slice with the most spleen, in RAS with the label on the image grid."""
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd, ResampleToMatchd
+
+    load = Compose([LoadImaged(["image", "label"], image_only=True), EnsureChannelFirstd(["image", "label"]),
+                    ResampleToMatchd("label", "image", mode="nearest"), Orientationd(["image", "label"], "RAS")])
+    data = load({"image": image_path, "label": label_path})
+    image, label = np.asarray(data["image"][0]), np.asarray(data["label"][0]).round() == 1
+    z = int(label.sum(axis=(0, 1)).argmax())
+    spacing = [float(s) for s in data["image"].pixdim[:2]]
+    return image[:, :, z], label[:, :, z], spacing
+
+
+def real_and_synthetic_figure(synthetic_dir: Path, figure: Path, columns: int = 4,
+                              window: tuple[float, float] = (-160.0, 240.0)) -> Path:
+    """Real CT slices (top row) and synthetic ones (bottom row), the same HU window, spleen outlined."""
+    import json
+
+    from .data.assets import REAL_CASES
+
+    rows = {"real CT": [(str(image), str(label), name) for name, (image, label) in REAL_CASES.items()]}
+    cases = json.loads((synthetic_dir / "dataset.json").read_text())["training"][:columns]
+    rows["synthetic"] = [(str(synthetic_dir / c["image"]), str(synthetic_dir / c["label"]),
+                          f"synthetic {i} ({c['source'].split('_')[0]})") for i, c in enumerate(cases)]
+    fig, axes = plt.subplots(2, columns, figsize=(3.2 * columns, 6.8), squeeze=False)
+    for row, (kind, entries) in enumerate(rows.items()):
+        for column in range(columns):
+            axis = axes[row, column]
+            axis.axis("off")
+            if column >= len(entries):
+                continue
+            image, label, spacing = _spleen_slice(*entries[column][:2])
+            extent = [0, image.shape[0] * spacing[0], 0, image.shape[1] * spacing[1]]
+            axis.imshow(image.T, cmap="gray", vmin=window[0], vmax=window[1], origin="lower", extent=extent)
+            axis.contour(label.T.astype(float), [0.5], colors="r", linewidths=0.8, origin="lower", extent=extent)
+            axis.set_title(f"{entries[column][2]}\n{image.shape[0]}×{image.shape[1]}, {spacing[0]:.2f} mm", fontsize=9)
+    fig.suptitle(f"real (top) and synthetic (bottom) CT, window {window[0]:.0f}…{window[1]:.0f} HU, spleen in red; "
+                 "image x = patient's right", fontsize=10)
+    fig.tight_layout()
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure, dpi=90)
+    plt.close(fig)
+    return figure

@@ -1,5 +1,5 @@
-"""Statistics for comparing runs, and the result tables that ``scripts/experiments.py`` and
-``scripts/compare_runs.py`` write.
+"""Statistics for comparing runs, and the result tables that ``spleen-kd grid`` and
+``spleen-kd compare`` write.
 
 Observations are per-volume 3D metrics (``metrics.csv`` of an evaluation) of runs that differ in
 their seed. Two paired comparisons of a configuration against its baseline student:

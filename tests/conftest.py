@@ -1,8 +1,10 @@
-"""Shared fixtures and helpers: the real CT fixtures beside the repository, a small phantom dataset, tiny
-networks, and the bundle's workflows as lists of absolute config files.
+"""Shared fixtures and helpers: the real CT fixtures (package data), a small phantom dataset, tiny networks,
+and the bundle's workflows as lists of absolute config files (:func:`bundle.workflows.config_files`).
 
 No workflow depends on the working directory: tests never chdir into the repository, they pass absolute
-config files, ``bundle_root`` = the repository and ``output_root`` = a temporary folder.
+config files, ``bundle_root`` = the repository and ``output_root`` = a temporary folder. The repository
+is on ``sys.path`` through pytest's ``pythonpath`` setting (configs in the tests name ``tests.geometry_probe``
+and ``tests.ddp_probe``).
 """
 
 import sys
@@ -10,43 +12,35 @@ from pathlib import Path
 
 import pytest
 
+from bundle.data.assets import FIXTURES
+from bundle.workflows import bundle_root, config_dir
+from bundle.workflows import bundle_run as _bundle_run
+from bundle.workflows import config_files as _config_files
+
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
-if str(REPO) not in sys.path:  # configs in the tests name ``tests.geometry_probe`` and ``tests.ddp_probe``
-    sys.path.insert(0, str(REPO))
+CONFIGS = config_dir()
+TEST_DATA = REPO / "tests" / "data"
+assert bundle_root() == REPO, "the tests run against the repository's own configs"
 
 META_FILE = str(CONFIGS / "metadata.json")
 LOGGING_FILE = str(CONFIGS / "logging.conf")
 TRAIN = str(CONFIGS / "train.json")
-# workflow -> the config files merged for it (train.json is the base, the others are overrides on top)
-WORKFLOWS = {
-    "student": [TRAIN],
-    "teacher": [TRAIN, str(CONFIGS / "teacher.json")],
-    "kd": [TRAIN, str(CONFIGS / "kd.json")],
-    "inference": [str(CONFIGS / "inference.json")],
-}
 TINY_STUDENT = {"_target_": "bundle.networks.FeatureUNet", "in_channels": 1, "out_channels": 1, "channels": [4, 8],
                 "bottleneck": 8, "convs_per_block": 1}
 TINY_TEACHER = {**TINY_STUDENT, "reconstruction": True}
 
 
 def config_files(workflow: str, *extra: str) -> list[str]:
-    """The absolute config files of ``workflow`` (a key of WORKFLOWS) followed by ``extra`` overrides, each a
-    config name in ``configs/`` (``"evaluate"``, ``"multi_gpu_train"``, ``"mlflow"``) or a path to a file."""
-    def located(name) -> str:
-        return str(name) if str(name).endswith(".json") else str(CONFIGS / f"{name}.json")
-
-    return [*WORKFLOWS[workflow], *(located(name) for name in extra)]
+    """The absolute config files of ``workflow`` followed by ``extra`` overrides, each a config name in
+    ``configs/`` (``"evaluate"``, ``"multi_gpu_train"``, ``"mlflow"``) or a path to a file."""
+    return _config_files(workflow, *extra)
 
 
 def bundle_run(run_id: str, files: str | list[str], **overrides) -> None:
     """``monai.bundle.run`` as a user runs it from anywhere: ``files`` a workflow name or a list of config
     files, ``bundle_root`` the repository (unless overridden), absolute metadata and logging files."""
-    from monai.bundle import run
-
     files = config_files(files) if isinstance(files, str) else [str(f) for f in files]
-    run(run_id=run_id, config_file=files, meta_file=META_FILE, logging_file=LOGGING_FILE,
-        **{"bundle_root": str(REPO), **overrides})
+    _bundle_run(run_id, files, **overrides)
 
 
 def bundle_cli(run_id: str, files: list[str], **overrides) -> list[str]:
@@ -70,21 +64,9 @@ def error_chain(error: BaseException) -> str:
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """``<repo>/../shared``, which holds the real CT fixtures (data/totalseg_ct) and the schemas."""
-    path = REPO.parent / "shared"
-    if not path.is_dir():
-        pytest.skip(f"the shared folder beside the repository ({path}) is absent: no real CT fixtures here")
-    return path
-
-
-@pytest.fixture(scope="session")
-def totalseg_dir(shared_dir) -> Path:
-    """Real CT scans with TotalSegmentator label maps (1 = spleen), NIfTI and a DICOM series."""
-    path = shared_dir / "data" / "totalseg_ct"
-    if not path.is_dir():
-        pytest.skip(f"the real CT fixtures are not at {path}")
-    return path
+def totalseg_dir() -> Path:
+    """Real CT scans with TotalSegmentator label maps (1 = spleen), NIfTI and a DICOM series (package data)."""
+    return FIXTURES
 
 
 @pytest.fixture(scope="session")
@@ -95,3 +77,55 @@ def phantom_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("phantoms")
     make_phantom_dataset(out, cases=8, seed=0, shape=(64, 64, 24), spacing=(5.0, 5.0, 10.0))
     return out
+
+
+S1_FAST = {"channels": [16, 32], "bottleneck": 64, "stem_stride": 2}
+FITTED_SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def real_slices():
+    """Real CT slices (HU window, 64²) and their spleen masks: 30 slices with spleen in every one."""
+    import nibabel as nib
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    volume = np.asarray(nib.load(FIXTURES / "example_ct_sm.nii.gz").dataobj, dtype=np.float32)
+    slices = torch.from_numpy(np.clip((volume + 57) / 221, 0, 1)).permute(2, 0, 1)[:, None]
+    labels = torch.from_numpy((np.asarray(nib.load(FIXTURES / "example_seg.nii.gz").dataobj) == 1)
+                              .astype(np.float32)).permute(2, 0, 1)[:, None]
+    size = (FITTED_SIZE, FITTED_SIZE)
+    return F.interpolate(slices, size=size, mode="area"), (F.interpolate(labels, size=size, mode="area") > 0.5).float()
+
+
+@pytest.fixture(scope="session")
+def fitted_student(real_slices, tmp_path_factory):
+    """S1-fast fitted for 40 steps on half of the real slices: confident, spleen-shaped masks (a random
+    network's mask is all or nothing, which would make comparisons of serving paths trivial). Returns the
+    network, its checkpoint (described for 64² slices: ``model.json``) and the ONNX export beside it."""
+    import torch
+    import torch.nn.functional as F
+
+    from bundle.networks import FeatureUNet
+    from bundle.serving import model_info
+    from bundle.serving.backend import export_onnx
+
+    images, labels = real_slices[0][::2], real_slices[1][::2]
+    torch.manual_seed(0)
+    network = FeatureUNet(**S1_FAST)
+    optimizer = torch.optim.Adam(network.parameters(), 1e-2)
+    for _ in range(40):
+        logits = network(images)
+        probs = torch.sigmoid(logits)
+        dice = (2 * (probs * labels).sum() + 1) / (probs.sum() + labels.sum() + 1)
+        loss = F.binary_cross_entropy_with_logits(logits, labels) + 1 - dice
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    network.eval()
+    path = tmp_path_factory.mktemp("fitted") / "model.pt"
+    torch.save(network.state_dict(), path)
+    model_info.write(path, network, slice_size=FITTED_SIZE)
+    export_onnx(network, path.with_suffix(".onnx"), FITTED_SIZE)
+    return network, path, path.with_suffix(".onnx")

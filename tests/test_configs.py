@@ -9,7 +9,8 @@ import torch
 from bundle.networks import FeatureUNet
 from conftest import CONFIGS, REPO, TINY_STUDENT, TINY_TEACHER, TRAIN, bundle_run, config_files, error_chain
 
-SHARED_WITH_INFERENCE = ("image_readers", "image_loading", "image_to_network", "hu_window", "axcodes", "pixdim", "slice_size")
+SHARED_WITH_INFERENCE = ("image_readers", "image_loading", "image_to_network")
+DESCRIBED = ("hu_window", "axcodes", "pixdim", "slice_size")  # inference.json reads them from the model's description
 
 
 def _raw(name: str) -> dict:
@@ -47,11 +48,17 @@ def test_no_config_links_to_another_file():
 
 def test_inference_preprocesses_as_training_does_and_serves_the_student():
     """inference.json cannot merge train.json (MONAI Label reads it alone), so the copies must agree."""
+    from bundle.serving import model_info
+
     inference, train = _raw("inference"), _raw("train")
     for key in SHARED_WITH_INFERENCE:
         assert inference[key] == train[key], key
     assert inference["image_preprocessing"] == train["image_preprocessing"]
-    assert inference["network_def"] == train["student_def"]
+    # what a checkpoint without a description is served with: train.json's own settings
+    for key in DESCRIBED:
+        assert inference[key] == f"$@model_info['{key}']" and model_info.DEFAULTS[key] == train[key], key
+    assert model_info.DEFAULTS["network_def"] == train["student_def"]
+    assert "@model_info['network_def']" in inference["network_def"]
 
 
 def _case(request, name):

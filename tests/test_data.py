@@ -187,7 +187,7 @@ def test_any_user_datalist_of_pairs_works(phantom_dir, tmp_path, wrapped):
 
 @pytest.mark.parametrize("problem, message", [
     ("missing_folder", r"dataset folder '.*nowhere' does not exist; pass --dataset_dir"),
-    ("missing_json", r"msd/dataset.json' is missing.*--dataset_dir.*--download.*scripts/make_phantoms.py"),
+    ("missing_json", r"msd/dataset.json' is missing.*--dataset_dir.*--download.*spleen-kd synthesize"),
     ("no_label_key", r"image './imagesTr/spleen_2.nii.gz' \(entry 2 .*dataset.json'\) has no label"),
     ("label_file_gone", r"label '.*labelsTr/spleen_1.nii.gz' \(entry 1 .*\) does not exist"),
     ("duplicate", r"image '.*spleen_0.nii.gz' is listed twice"),

@@ -2,11 +2,9 @@
 store, and one tiny end-to-end grid on phantoms (with a rerun that must do nothing)."""
 
 import csv
-import importlib.util
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +15,9 @@ from bundle import stats
 from conftest import REPO, TINY_STUDENT as TINY, config_files
 
 
-def _script(name: str):
-    """Import a script by path (``scripts/`` is not a package); registered so its dataclasses resolve."""
-    spec = importlib.util.spec_from_file_location(f"scripts_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-experiments = _script("experiments")
-compare_runs = _script("compare_runs")
-evaluate_real = _script("evaluate_real")
+from bundle import compare as compare_runs
+from bundle import evaluation as evaluate_real
+from bundle import experiments
 
 
 # --- statistics -------------------------------------------------------------------------------------------

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from monai.bundle import ckpt_export, onnx_export
 
-from bundle.deploy import OnnxRuntimeNetwork
 from bundle.networks import FeatureUNet
-from conftest import META_FILE, WORKFLOWS
+from bundle.serving.backend import OnnxRuntimeNetwork
+from conftest import META_FILE, config_files
 
 STUDENTS = {"S1": {"channels": [16, 32], "bottleneck": 64},
             "S1-fast": {"channels": [16, 32], "bottleneck": 64, "stem_stride": 2}}
@@ -42,7 +42,7 @@ def _checkpoint(tmp_path, kwargs):
 
 def _export_args(tmp_path, kwargs, ckpt):
     return dict(net_id="network_def", ckpt_file=str(ckpt), meta_file=META_FILE,
-                config_file=WORKFLOWS["inference"], input_shape=[1, 1, 128, 128],
+                config_file=config_files("inference"), input_shape=[1, 1, 128, 128],
                 network_def={"_target_": "bundle.networks.FeatureUNet", **kwargs})
 
 
@@ -66,12 +66,12 @@ def test_onnx_export_matches_for_any_batch(name, tmp_path, ct_slices, monkeypatc
     onnx_export(filepath=str(tmp_path / "model.onnx"), **_export_args(tmp_path, STUDENTS[name], ckpt),
                 converter_kwargs={"dynamic_axes": {"x": {0: "batch"}}, "input_names": ["x"]})
     session = OnnxRuntimeNetwork(tmp_path / "model.onnx")
-    assert isinstance(session.session, ort.InferenceSession)
+    assert isinstance(session.model.session, ort.InferenceSession)
     with torch.no_grad():
         for batch in (ct_slices, ct_slices[:3], ct_slices[:1]):
             assert (session(batch) - network(batch)).abs().max().item() <= 1e-4
 
 
 def test_missing_onnx_model_says_how_to_export(tmp_path):
-    with pytest.raises(FileNotFoundError, match="onnx_export"):
+    with pytest.raises(FileNotFoundError, match="absent.onnx.*spleen-kd export"):
         OnnxRuntimeNetwork(tmp_path / "absent.onnx")

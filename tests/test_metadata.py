@@ -4,13 +4,13 @@ import json
 import subprocess
 import sys
 
-from conftest import META_FILE, REPO
+from conftest import META_FILE, REPO, TEST_DATA
 
 
-def test_metadata_verifies_against_the_bundle_schema(shared_dir, tmp_path):
+def test_metadata_verifies_against_the_bundle_schema(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", META_FILE,
-         "--filepath", str(shared_dir / "schema" / "meta_schema_20240725.json")],
+         "--filepath", str(TEST_DATA / "meta_schema_20240725.json")],
         cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "metadata is verified with no error" in result.stdout + result.stderr

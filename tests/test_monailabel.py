@@ -1,6 +1,6 @@
 """MONAI Label 0.8.5 serves this bundle: a real server on 127.0.0.1, a real CT, the returned mask checked.
 
-Runs scripts/monailabel_smoke.py against the MONAI Label venv (its own venv: monailabel 0.8.5 needs
+Runs bundle/serving/monailabel_check.py against the MONAI Label venv (its own venv: monailabel 0.8.5 needs
 numpy < 2). Skipped when that venv does not exist; create it with `bash scripts/monailabel_env.sh`
 (default `.venv-monailabel` in the repo root, or point SPLEEN_KD_MONAILABEL_VENV at one).
 
@@ -31,10 +31,7 @@ def test_monailabel_serves_spleen_kd(totalseg_dir, tmp_path):
         pytest.skip(f"no MONAI Label venv at {venv}: create it with `bash scripts/monailabel_env.sh` "
                     "(about 2 minutes) or set SPLEEN_KD_MONAILABEL_VENV")
     ct = totalseg_dir / "example_ct_sm.nii.gz"
-    if not ct.is_file():
-        pytest.skip(f"test CT {ct} is missing (shared data)")
-
-    cmd = [sys.executable, str(REPO / "scripts" / "monailabel_smoke.py"), "--venv", str(venv),
+    cmd = [sys.executable, str(REPO / "bundle" / "serving" / "monailabel_check.py"), "--venv", str(venv),
            "--image", str(ct), "--reference-python", sys.executable,
            "--startup-timeout", "90", "--infer-timeout", "60", "--train-timeout", "90", "--train"]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

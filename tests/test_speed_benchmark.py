@@ -1,4 +1,4 @@
-"""scripts/benchmark.py writes its documented schema, with ratios from the same backend and run."""
+"""spleen-kd benchmark writes its documented schema, with ratios from the same backend and run."""
 
 import json
 import subprocess
@@ -7,7 +7,7 @@ import sys
 
 def test_benchmark_writes_the_documented_schema(tmp_path, request):
     out = tmp_path / "bench.json"
-    subprocess.run([sys.executable, str(request.config.rootpath / "scripts/benchmark.py"), "--json", str(out),
+    subprocess.run([sys.executable, "-m", "bundle.cli", "benchmark", "--json", str(out),
                     "--models", "S1", "T1", "--backends", "onnx", "--sizes", "64", "--repeats", "1",
                     "--volume_models", "S1-fast", "--volume_shape", "96", "96", "6", "--no_training"],
                    cwd=tmp_path, check=True, capture_output=True)  # from any directory

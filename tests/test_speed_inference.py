@@ -4,7 +4,6 @@ import gzip
 import importlib.util
 import json
 import logging
-import resource
 import subprocess
 import sys
 from functools import partial
@@ -14,61 +13,41 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.inferers import SliceInferer
 from monai.transforms import KeepLargestConnectedComponentd
 from nibabel.openers import ImageOpener
 
-from bundle import inference
-from bundle.deploy import OnnxRuntimeNetwork
-from bundle.inference import (AxialSliceInferer, LargestComponentd, resolve_backend, serving_network, source_key,
-                              use_fast_gzip)
+from bundle import arrays
 from bundle.networks import FeatureUNet
+from bundle.serving.backend import (AxialSliceInferer, OnnxRuntimeNetwork, load_student, resolve_backend,
+                                    weights_key)
+from bundle.serving.runtime import use_fast_gzip
+from bundle.transforms import LargestComponentd
 
-S1_FAST = {"channels": [16, 32], "bottleneck": 64, "stem_stride": 2}
-SIZE = 64
+BACKEND_LOG = "bundle.serving.backend"
 
-
-def _windowed_slices(path, size=SIZE):
-    volume = np.asarray(nib.load(path).dataobj, dtype=np.float32)
-    slices = torch.from_numpy(np.clip((volume + 57) / 221, 0, 1)).permute(2, 0, 1)[:, None]
-    return F.interpolate(slices, size=(size, size), mode="area")
-
-
-@pytest.fixture(scope="module")
-def ct(totalseg_dir):
-    """Real CT slices (HU window, 64²) and their spleen masks: 30 slices with spleen in every one."""
-    labels = torch.from_numpy((np.asarray(nib.load(totalseg_dir / "example_seg.nii.gz").dataobj) == 1)
-                              .astype(np.float32)).permute(2, 0, 1)[:, None]
-    return _windowed_slices(totalseg_dir / "example_ct_sm.nii.gz"), (F.interpolate(labels, size=(SIZE, SIZE), mode="area") > 0.5).float()
+from conftest import FITTED_SIZE as SIZE
+from conftest import S1_FAST
 
 
 @pytest.fixture(scope="module")
-def trained(ct, tmp_path_factory):
-    """S1-fast fitted for 40 steps on half of the slices: confident, spleen-shaped masks (a random
-    network's mask is all or nothing, which would make every comparison below trivial)."""
-    images, labels = ct[0][::2], ct[1][::2]
-    torch.manual_seed(0)
-    network = FeatureUNet(**S1_FAST)
-    optimizer = torch.optim.Adam(network.parameters(), 1e-2)
-    for _ in range(40):
-        logits = network(images)
-        probs = torch.sigmoid(logits)
-        dice = (2 * (probs * labels).sum() + 1) / (probs.sum() + labels.sum() + 1)
-        loss = F.binary_cross_entropy_with_logits(logits, labels) + 1 - dice
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    network.eval()
-    path = tmp_path_factory.mktemp("trained") / "model.pt"
-    torch.save(network.state_dict(), path)
-    return network, path
+def ct(real_slices):
+    return real_slices
+
+
+@pytest.fixture(scope="module")
+def trained(fitted_student):
+    return fitted_student[:2]
 
 
 def _dice(a, b):
     a, b = a.bool(), b.bool()
     return (2 * (a & b).sum() / (a.sum() + b.sum())).item()
+
+
+def _loaded(structure: dict, ckpt) -> FeatureUNet:
+    return load_student(FeatureUNet(**structure), ckpt)
 
 
 def test_auto_backend_is_onnx_runtime_on_cpu_and_is_logged(trained, ct, tmp_path, caplog):
@@ -77,49 +56,62 @@ def test_auto_backend_is_onnx_runtime_on_cpu_and_is_logged(trained, ct, tmp_path
     assert resolve_backend("auto", "cuda") == "torch"
     with pytest.raises(ValueError, match="backend 'tensorrt'.*--backend"):
         resolve_backend("tensorrt")
-    with caplog.at_level(logging.INFO, logger="bundle.inference"):
-        served = serving_network(FeatureUNet(**S1_FAST), ckpt, "auto", tmp_path / "model.onnx", slice_size=SIZE)
-    assert isinstance(served, OnnxRuntimeNetwork)
+    volume = ct[0][:, 0].permute(1, 2, 0)[None, None]
+    inferer = AxialSliceInferer(batch_size=8, backend="auto", onnx_path=tmp_path / "model.onnx")
+    loaded = _loaded(S1_FAST, ckpt)
+    with torch.no_grad(), caplog.at_level(logging.INFO, logger=BACKEND_LOG):
+        served = inferer.served(loaded, (SIZE, SIZE))
+        logits = inferer(volume, loaded)
+    assert isinstance(served, OnnxRuntimeNetwork) and (tmp_path / "model.onnx").is_file()
     assert "inference backend: onnxruntime" in caplog.text and "requested: auto" in caplog.text
     if sys.platform.startswith("linux"):  # the process is set up where MONAI Label builds the network
         assert "freed memory kept" in caplog.text
     assert ("gzip through ISA-L" if importlib.util.find_spec("isal") else "gzip through zlib") in caplog.text
     with torch.no_grad():
         assert (served(ct[0]) - network(ct[0])).abs().max().item() <= 1e-4
-    with caplog.at_level(logging.INFO, logger="bundle.inference"):
-        assert isinstance(serving_network(FeatureUNet(**S1_FAST), ckpt, "torch", slice_size=SIZE), FeatureUNet)
+        assert (logits - AxialSliceInferer(backend="torch")(volume, network)).abs().max().item() <= 1e-4
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=BACKEND_LOG):
+        assert AxialSliceInferer(backend="torch").served(loaded, (SIZE, SIZE)) is loaded
     assert "inference backend: torch" in caplog.text
 
 
-def test_onnx_model_is_exported_once_and_again_when_the_checkpoint_or_network_changes(trained, ct, tmp_path):
+def test_onnx_model_is_exported_once_and_again_when_the_weights_or_network_change(trained, ct, tmp_path):
+    """The ONNX file on disk outlives the process: a later inferer (a later command) reuses it while it
+    comes from the same weights, structure and slice size (one key, :func:`weights_key`)."""
     network, ckpt = trained
     onnx_path = tmp_path / "model.onnx"
-    serving_network(FeatureUNet(**S1_FAST), ckpt, "onnx", onnx_path, slice_size=SIZE)
+    AxialSliceInferer(onnx_path=onnx_path).served(_loaded(S1_FAST, ckpt), (SIZE, SIZE))
     first = onnx_path.stat().st_mtime_ns
-    served = serving_network(FeatureUNet(**S1_FAST), ckpt, "onnx", onnx_path, slice_size=SIZE)
+    served = AxialSliceInferer(onnx_path=onnx_path).served(_loaded(S1_FAST, ckpt), (SIZE, SIZE))
     assert onnx_path.stat().st_mtime_ns == first, "an up-to-date ONNX model must be reused"
-    assert served.metadata["spleen_kd_source"] == source_key(FeatureUNet(**S1_FAST), ckpt)
+    assert served.metadata["spleen_kd_source"] == weights_key(_loaded(S1_FAST, ckpt), SIZE)
 
     retrained = FeatureUNet(**S1_FAST)
     torch.manual_seed(1)
     retrained.load_state_dict({k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
                                for k, v in network.state_dict().items()})
-    torch.save(retrained.eval().state_dict(), ckpt.parent / "retrained.pt")
-    served = serving_network(FeatureUNet(**S1_FAST), ckpt.parent / "retrained.pt", "onnx", onnx_path, slice_size=SIZE)
+    retrained.eval()
+    served = AxialSliceInferer(onnx_path=onnx_path).served(retrained, (SIZE, SIZE))
+    assert onnx_path.stat().st_mtime_ns != first
     with torch.no_grad():
         assert (served(ct[0]) - retrained(ct[0])).abs().max().item() <= 1e-4
 
-    # S1 and S1-fast have the same parameter shapes: the same checkpoint must not reuse S1-fast's graph
-    plain = FeatureUNet(channels=[16, 32], bottleneck=64)
-    served = serving_network(plain, ckpt, "onnx", onnx_path, slice_size=SIZE)
-    plain.load_state_dict(torch.load(ckpt, weights_only=True))
+    # S1 and S1-fast have the same parameter shapes: the same weights must not reuse S1-fast's graph
+    plain = _loaded({"channels": [16, 32], "bottleneck": 64}, ckpt)
+    served = AxialSliceInferer(onnx_path=onnx_path).served(plain, (SIZE, SIZE))
     with torch.no_grad():
-        assert (served(ct[0]) - plain.eval()(ct[0])).abs().max().item() <= 1e-4
+        assert (served(ct[0]) - plain(ct[0])).abs().max().item() <= 1e-4
+    assert weights_key(plain, SIZE) != weights_key(plain, 2 * SIZE)  # another slice size: another graph
 
 
-def test_missing_checkpoint_and_onnx_model_name_both(tmp_path):
-    with pytest.raises(FileNotFoundError, match="absent.pt.*absent.onnx"):
-        serving_network(FeatureUNet(**S1_FAST), tmp_path / "absent.pt", "onnx", tmp_path / "absent.onnx")
+def test_missing_checkpoint_names_the_file_and_an_onnx_model_alone_is_served(trained, tmp_path):
+    with pytest.raises(FileNotFoundError, match="absent.pt"):
+        load_student(FeatureUNet(**S1_FAST), tmp_path / "absent.pt", onnx_path=tmp_path / "absent.onnx")
+    onnx_path = tmp_path / "only.onnx"
+    AxialSliceInferer(onnx_path=onnx_path).served(_loaded(S1_FAST, trained[1]), (SIZE, SIZE))
+    assert isinstance(load_student(FeatureUNet(**S1_FAST), tmp_path / "absent.pt", onnx_path=onnx_path),
+                      OnnxRuntimeNetwork)
 
 
 def test_axial_slice_inferer_gives_what_slice_inferer_gives(trained, ct):
@@ -136,20 +128,18 @@ def test_axial_slice_inferer_gives_what_slice_inferer_gives(trained, ct):
 def test_axial_slice_inferer_runs_a_torch_network_through_onnx_runtime_once_per_weights(trained, ct, caplog):
     """What MONAI Label hands the inferer: network_def with the checkpoint loaded, in eval mode. ``auto``
     exports it to ONNX Runtime once, again when the weights change; never in training mode."""
-    from bundle.deploy import OnnxRuntimeNetwork
-
     network = FeatureUNet(**S1_FAST)
     network.load_state_dict(trained[0].state_dict())
     network.eval()
     volume = ct[0][:, 0].permute(1, 2, 0)[None, None]
     inferer = AxialSliceInferer(batch_size=8)
-    with torch.no_grad(), caplog.at_level(logging.INFO, logger="bundle.inference"):
+    with torch.no_grad(), caplog.at_level(logging.INFO, logger=BACKEND_LOG):
         expected = AxialSliceInferer(batch_size=8, backend="torch")(volume, network)
         first = inferer(volume, network)
         session = inferer.served(network, (SIZE, SIZE))
         again = inferer(volume, network)
     assert isinstance(session, OnnxRuntimeNetwork) and inferer.served(network, (SIZE, SIZE)) is session
-    assert "exported from the PyTorch network given to the inferer" in caplog.text
+    assert "exported from the PyTorch network" in caplog.text
     assert (first - expected).abs().max().item() <= 1e-4 and torch.equal(first, again)
     with torch.no_grad():
         for parameter in network.parameters():
@@ -169,7 +159,7 @@ def test_largest_component_is_monais_largest_component(totalseg_dir, fast, monke
     if fast:
         pytest.importorskip("cc3d")
     else:  # the fallback without cc3d
-        monkeypatch.setattr("bundle.inference.label_components", partial(inference.label_components, fast=False))
+        monkeypatch.setattr("bundle.arrays.label_components", partial(arrays.label_components, fast=False))
     labels = np.asarray(nib.load(totalseg_dir / "example_seg.nii.gz").dataobj)
     rng = np.random.default_rng(0)
     masks = [np.zeros((8, 8, 8), bool),
@@ -192,7 +182,7 @@ def test_resized_is_monais_resized_forward_and_inverse(totalseg_dir):
     from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
     from monai.transforms import Resized as MonaiResized, ScaleIntensityRanged
 
-    from bundle.inference import Resized
+    from bundle.transforms import Resized
 
     load = Compose([LoadImaged("image", image_only=True), EnsureChannelFirstd("image"),
                     ScaleIntensityRanged("image", -57, 164, 0.0, 1.0, clip=True)])
@@ -222,7 +212,7 @@ def test_fast_gzip_reads_and_writes_the_images_nibabel_does(totalseg_dir, tmp_pa
     plain = np.asarray(nib.load(ct_path).dataobj)
     monkeypatch.setitem(ImageOpener.compress_ext_map, ".gz", ImageOpener.compress_ext_map[".gz"])
     assert use_fast_gzip()
-    assert ImageOpener.compress_ext_map[".gz"][0].__module__ == "bundle.inference"
+    assert ImageOpener.compress_ext_map[".gz"][0].__module__ == "bundle.serving.runtime"
     image = nib.load(ct_path)
     assert np.array_equal(np.asarray(image.dataobj), plain)
     mask = nib.Nifti1Image((plain > 100).astype(np.uint8), image.affine)
@@ -235,28 +225,29 @@ def test_fast_gzip_reads_and_writes_the_images_nibabel_does(totalseg_dir, tmp_pa
 
 def test_inference_imports_no_training_stack(tmp_path):
     """The bundle's own training code (engine, handlers, losses, MLflow wrapper) is not imported to serve."""
-    code = ("import sys, bundle; bundle.inference; bundle.networks; bundle.checkpoint; bundle.deploy; "
+    code = ("import sys, bundle; bundle.serving.backend; bundle.transforms; bundle.io; bundle.networks; bundle.checkpoint; "
             "served = sorted(m for m in sys.modules if m.split('.')[0] == 'bundle'); "
-            "bundle.data.datalist.load_or_create_datalist; print(served, 'bundle.data.slicing' in sys.modules)")
+            "bundle.data.datalist.load_or_create_datalist; bundle.data.slicing.WithUnlabeled; "
+            "print(served, 'bundle.data.slicing' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          check=True).stdout.strip()
     loaded, data_loaded = out.rsplit(" ", 1)
     for module in ("bundle.engine", "bundle.handlers", "bundle.losses", "bundle.teacher", "bundle.tracking", "bundle.report"):
         assert module not in eval(loaded), f"{module} imported by the inference path: {loaded}"
-    assert data_loaded == "True", "bundle.data must still bring its submodules for the training configs"
+    assert data_loaded == "True", "bundle.data.<module> must still resolve in the training configs' expressions"
 
 
 def test_int8_model_segments_like_fp32(trained, ct, totalseg_dir, tmp_path, caplog):
     """Static int8 calibrated on another real CT: Dice against the fp32 mask >= 0.99 on the spleen CT."""
-    from bundle.quantize import calibration_slices, quantize_int8
+    from bundle.serving.quantize import calibration_slices, quantize_int8
 
     network, ckpt = trained
-    fp32 = serving_network(FeatureUNet(**S1_FAST), ckpt, "onnx", tmp_path / "model.onnx", slice_size=SIZE)
+    fp32 = AxialSliceInferer(onnx_path=tmp_path / "model.onnx").served(_loaded(S1_FAST, ckpt), (SIZE, SIZE))
     slices = calibration_slices([totalseg_dir / "example_ct.nii.gz"], slice_size=SIZE, max_slices=32)
     assert slices.shape == (32, 1, SIZE, SIZE) and 0.0 <= slices.min() and slices.max() <= 1.0
     quantize_int8(tmp_path / "model.onnx", tmp_path / "model.int8.onnx", slices)
-    with caplog.at_level(logging.INFO, logger="bundle.inference"):
-        int8 = serving_network(FeatureUNet(**S1_FAST), ckpt, "onnx", tmp_path / "model.int8.onnx", slice_size=SIZE)
+    with caplog.at_level(logging.INFO, logger=BACKEND_LOG):
+        int8 = AxialSliceInferer(onnx_path=tmp_path / "model.int8.onnx").served(_loaded(S1_FAST, ckpt), (SIZE, SIZE))
     assert int8.precision == "int8" and "(int8)" in caplog.text
     assert any(node.op_type == "QuantizeLinear" for node in __import__("onnx").load(str(int8.path)).graph.node)
     with torch.no_grad():
@@ -266,8 +257,9 @@ def test_int8_model_segments_like_fp32(trained, ct, totalseg_dir, tmp_path, capl
     assert _dice(quantized, reference) >= 0.99
 
     torch.save({k: v * 1.01 if v.is_floating_point() else v for k, v in network.state_dict().items()}, ckpt.parent / "other.pt")
-    with pytest.raises(ValueError, match="int8 ONNX model .* another checkpoint.*Quantize again"):
-        serving_network(FeatureUNet(**S1_FAST), ckpt.parent / "other.pt", "onnx", tmp_path / "model.int8.onnx")
+    with pytest.raises(ValueError, match="int8 ONNX model .* other weights.*quantize again"):
+        AxialSliceInferer(onnx_path=tmp_path / "model.int8.onnx").served(_loaded(S1_FAST, ckpt.parent / "other.pt"),
+                                                                        (SIZE, SIZE))
 
 
 def test_inference_config_serves_on_onnx_runtime_by_default(trained, tmp_path, request, caplog):
@@ -278,11 +270,12 @@ def test_inference_config_serves_on_onnx_runtime_by_default(trained, tmp_path, r
     parser.read_config(str(request.config.rootpath / "configs" / "inference.json"))
     parser.update({"ckpt_path": str(trained[1]), "onnx_path": str(tmp_path / "model.onnx"), "device": "$torch.device('cpu')",
                    "network_def": {"_target_": "bundle.networks.FeatureUNet", **S1_FAST}, "slice_size": SIZE})
-    with caplog.at_level(logging.INFO, logger="bundle.inference"):
-        network = parser.get_parsed_content("network")
-    assert isinstance(network, OnnxRuntimeNetwork) and (tmp_path / "model.onnx").is_file()
+    network, inferer = parser.get_parsed_content("network"), parser.get_parsed_content("inferer")
+    assert isinstance(inferer, AxialSliceInferer) and inferer.backend == "auto"
+    with caplog.at_level(logging.INFO, logger=BACKEND_LOG):
+        served = inferer.served(network, (SIZE, SIZE))
+    assert isinstance(served, OnnxRuntimeNetwork) and (tmp_path / "model.onnx").is_file()
     assert "inference backend: onnxruntime" in caplog.text
-    assert isinstance(parser.get_parsed_content("inferer"), AxialSliceInferer)
 
 
 def test_inference_of_several_volumes_with_a_reading_worker_writes_the_same_masks(trained, totalseg_dir, tmp_path,
@@ -309,22 +302,24 @@ def test_inference_of_several_volumes_with_a_reading_worker_writes_the_same_mask
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 @pytest.mark.parametrize("keep", [True, False])
-def test_freed_volume_memory_is_reused_without_page_faults(keep):
-    """A 200 MB tensor allocated and freed eight times: fresh pages (one fault each) every time by default;
-    once keep_freed_memory() is set, the heap grows for the first ones and then serves the rest. Counted in
-    a fresh process (the setting is process-wide)."""
-    code = ("import resource, torch, bundle.inference as i; kept = i.keep_freed_memory() if KEEP else None\n"
-            "def volume():\n  a = torch.ones(50_000_000); del a\n"
-            "volume(); volume()\nbefore = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
-            "for _ in range(6): volume()\n"
-            "print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)").replace("KEEP", str(keep))
-    out = subprocess.run([sys.executable, "-c", code], cwd=Path(inference.__file__).parents[1], capture_output=True,
+def test_freed_volume_memory_stays_in_the_heap(keep):
+    """A 200 MB tensor allocated and freed: by default glibc maps it outside the heap and unmaps it when freed
+    (fresh pages, one fault each, for the next volume); once keep_freed_memory() is set it comes from the heap,
+    and the heap keeps its size after the free, ready for the next volume. Read from /proc/self/maps in a fresh
+    process (the setting is process-wide). Page-fault counts are not asserted: sandboxed kernels reclaim
+    idle pages on their own."""
+    code = ("import torch, bundle.serving.runtime as i; kept = i.keep_freed_memory() if KEEP else None\n"
+            "def heap():\n"
+            "  line = next(l for l in open('/proc/self/maps') if l.rstrip().endswith('[heap]'))\n"
+            "  return [int(x, 16) for x in line.split()[0].split('-')]\n"
+            "a = torch.ones(50_000_000); p = a.data_ptr(); lo, hi = heap(); inside = lo <= p < hi; del a\n"
+            "lo, hi = heap(); print(kept, inside, hi - lo)").replace("KEEP", str(keep))
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(arrays.__file__).parents[1], capture_output=True,
                          text=True, check=True).stdout.split()
-    pages = 200e6 / resource.getpagesize()  # faults of one volume
     if keep:
-        assert out[0] == "True" and int(out[1]) <= 1.1 * pages  # six volumes: at most one more faulted in
+        assert out[:2] == ["True", "True"] and int(out[2]) >= 200e6
     else:
-        assert int(out[1]) > 5 * pages
+        assert out[1] == "False" and int(out[2]) < 200e6
 
 
 def test_nifti_reader_loads_what_monais_reader_loads(totalseg_dir, tmp_path):
@@ -333,14 +328,14 @@ def test_nifti_reader_loads_what_monais_reader_loads(totalseg_dir, tmp_path):
     from monai.bundle import ConfigParser
     from monai.transforms import LoadImaged
 
-    from bundle.inference import NiftiReader
+    from bundle.io import NiftiReader
 
     ct = nib.load(totalseg_dir / "example_ct_sm.nii.gz")
     scaled = nib.Nifti1Image(np.asarray(ct.dataobj).astype(np.int16) // 2, ct.affine)
     scaled.header.set_slope_inter(2.0, -3.5)
     nib.save(scaled, tmp_path / "scaled.nii.gz")
     parser = ConfigParser()
-    parser.read_config(Path(inference.__file__).parents[1] / "configs" / "inference.json")
+    parser.read_config(Path(arrays.__file__).parents[1] / "configs" / "inference.json")
     loader = parser.get_parsed_content("image_loading")[0]
     assert isinstance(loader._loader.readers[-1], NiftiReader)
     for path in ("example_ct_sm.nii.gz", "example_ct.nii.gz", "example_seg.nii.gz", tmp_path / "scaled.nii.gz",
@@ -358,7 +353,7 @@ def test_nifti_reader_loads_what_monais_reader_loads(totalseg_dir, tmp_path):
 def test_nifti_writer_writes_the_bytes_monais_writer_writes(totalseg_dir, tmp_path):
     from monai.transforms import LoadImage, SaveImage
 
-    from bundle.inference import NiftiWriter
+    from bundle.io import NiftiWriter
 
     image = LoadImage(image_only=True, ensure_channel_first=True)(totalseg_dir / "example_ct_sm.nii.gz")
     for name, array, dtype in (("mask", image > 100, np.uint8), ("ct", image, np.float32)):

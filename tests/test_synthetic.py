@@ -1,27 +1,27 @@
-"""Synthetic CT from real label maps: determinism, exact labels, plausible HU, the HU statistics, the CLI."""
+"""Synthetic CT from real label maps: determinism, exact labels, plausible HU, contrast phases, real spleens
+placed and rescaled, lesions, acquisition (partial volume, cut fields of view), the HU statistics, the CLI."""
 
 import json
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+from bundle.data.assets import DEFAULT_SPLEEN_MASKS, TOTALSEG_SOURCES
 from bundle.data.datalist import DataError, check_pairs, read_pairs
-from bundle.data.synthetic import (TOTALSEGMENTATOR_CLASSES, Acquisition, _warp, label_names, load_hu_stats,
-                                   load_source, make_synthetic_case, make_synthetic_dataset, tissue_group)
+from bundle.data.synthetic import (SPLEEN, SPLEEN_LESION, TOTALSEGMENTATOR_CLASSES, Acquisition, CaseOptions,
+                                   _phase_means, _place_spleen, _sub_slice_offsets, _warp, label_names,
+                                   load_contrast_phases, load_hu_stats, load_source, make_synthetic_case,
+                                   make_synthetic_dataset, phase_group, synthesize_case, tissue_group)
 
-REPO = Path(__file__).resolve().parents[1]
-FAST = {"inplane_spacing_mm": (2.5, 3.0), "slice_thickness_mm": (3.0, 5.0), "max_slices": 12}
+# small coarse cases: a second or less each
+FAST = {"matrix_share": 0.0, "inplane_spacing_mm": (2.5, 3.0), "slice_thickness_mm": (3.0, 5.0), "max_slices": 12}
 
 
 @pytest.fixture(scope="module")
-def dataset_dir(shared_dir) -> Path:
-    path = shared_dir / "data" / "totalseg_dataset"
-    if not path.is_dir():
-        pytest.skip(f"the TotalSegmentator dataset subjects are not at {path}")
-    return path
+def dataset_dir() -> Path:
+    return TOTALSEG_SOURCES
 
 
 @pytest.fixture(scope="module")
@@ -57,20 +57,39 @@ def test_hu_stats_fall_back_to_the_tissue_group(tmp_path):
     assert stats["rib_right_7"] == (400.0, 150.0)  # median of the measured ribs
     assert tissue_group("rib_right_7") == "bone" and tissue_group("aorta") == "vessel"
     assert stats["lung_upper_lobe_left"][0] < -700  # no lung measured: the textbook prior
-    with pytest.raises(ValueError, match="measure_hu_stats"):
+    with pytest.raises(ValueError, match="spleen-kd measure-hu"):
         load_hu_stats(tmp_path / "missing.json")
 
 
-def test_committed_hu_stats_are_plausible():
+def test_committed_hu_stats_are_plausible_and_not_measured_on_the_fixtures():
     stats = load_hu_stats()
-    assert 20 < stats["spleen"][0] < 150 and 20 < stats["liver"][0] < 150
-    assert -150 < stats["unlabelled_fat"][0] < -50
+    assert -150 < stats["unlabelled_fat"][0] < -50 and 20 < stats["autochthon_left"][0] < 80
     assert stats["vertebrae_L1"][0] > 100 and stats["lung_lower_lobe_left"][0] < -600
+    measured_on = json.loads((Path(load_hu_stats.__globals__["HU_STATS_FILE"])).read_text())["subjects"]
+    assert set(measured_on) == {"s0002", "s0003"}  # the two CTs without a spleen, never the real fixtures
+
+
+def test_contrast_phases_cover_clinical_ct_and_draw_organs_independently():
+    phases = load_contrast_phases()["phases"]
+    assert set(phases) == {"unenhanced", "arterial", "portal_venous", "delayed"}
+    assert phases["portal_venous"]["spleen"][0] >= 100 and phases["portal_venous"]["spleen"][1] >= 170
+    assert phases["unenhanced"]["spleen"][1] <= 60 and "spleen_stripes" in phases["arterial"]
+    assert phase_group("aorta") == "artery" and phase_group("portal_vein_and_splenic_vein") == "portal"
+    assert phase_group("inferior_vena_cava") == "vein" and phase_group("kidney_cyst_left") is None
+    names, stats = label_names("dataset"), load_hu_stats()
+    liver = next(v for v, n in names.items() if n == "liver")
+    only = {"phases": {"portal_venous": {**phases["portal_venous"], "weight": 1.0}}}
+    order = set()
+    for seed in range(40):
+        phase, mean, _ = _phase_means(np.random.default_rng(seed), names, stats, only)
+        assert phase == "portal_venous"
+        assert 90 <= mean[SPLEEN] <= 190 and mean[SPLEEN_LESION] == mean[SPLEEN]
+        order.add(bool(mean[liver] > mean[SPLEEN]))
+    assert order == {True, False}, "the liver must lie above the spleen in some portal-venous cases, below in others"
 
 
 def test_measure_hu_stats_recovers_known_values(tmp_path):
-    sys.path.insert(0, str(REPO / "scripts"))
-    from measure_hu_stats import measure_subject
+    from bundle.data.hu_measure import measure_subject
 
     rng = np.random.default_rng(0)
     label = np.zeros((40, 40, 12), dtype=np.uint8)
@@ -104,6 +123,81 @@ def test_rotated_warp_keeps_label_values_and_spleen_volume(source_map):
     labels, _ = _warp(np.random.default_rng(0), source, rotated)
     assert set(np.unique(labels)) <= set(np.unique(source.labels)) | {0}
     assert abs(int((labels == 1).sum()) / int((source.labels == 1).sum()) - 1) < 0.06  # nearest on a 1.5 mm grid
+
+
+def test_sub_slices_of_thick_slices_are_symmetric_and_thin_slices_have_one():
+    assert list(_sub_slice_offsets(1.0)) == [0.0]
+    for thickness in (3.0, 5.0, 8.0):
+        offsets = _sub_slice_offsets(thickness)
+        assert len(offsets) % 2 == 1 and len(offsets) >= 3 and offsets[len(offsets) // 2] == 0
+        np.testing.assert_allclose(offsets, -offsets[::-1])
+        assert -0.5 < offsets[0] and offsets[-1] < 0.5  # inside the slice
+        assert thickness / len(offsets) <= 1.7  # about 1.25 mm apart
+
+
+def test_a_real_spleen_replaces_the_sources_own_at_the_drawn_volume(source_map):
+    source = load_source(source_map)
+    bone = np.isin(source.labels, [v for v, n in source.names.items() if tissue_group(n) == "bone"])
+    assert not np.any(source.spleen_free == SPLEEN)  # the own spleen's space is taken by its neighbours
+    assert np.all(source.spleen_free[bone] == source.labels[bone])
+    for seed, ml in ((0, 60.0), (1, 400.0)):
+        options = CaseOptions(real_mask_share=1.0, spleen_ml=(ml, ml), lesion_share=0.0, accessory_share=0.0)
+        labels, drawn = _place_spleen(np.random.default_rng(seed), source, options)
+        assert drawn["spleen_mask"] in {p.name for p in DEFAULT_SPLEEN_MASKS}
+        spleen_ml = (labels == SPLEEN).sum() * np.prod(source.spacing) / 1000
+        assert 0.8 * ml < spleen_ml <= 1.05 * ml, (seed, spleen_ml)  # bone it would cover stays bone
+        assert np.all(labels[bone] == source.labels[bone])
+    own = CaseOptions(real_mask_share=0.0, spleen_ml=(100.0, 100.0), lesion_share=0.0, accessory_share=0.0)
+    labels, drawn = _place_spleen(np.random.default_rng(0), source, own)
+    assert drawn["spleen_mask"] == "own"
+
+
+def test_lesions_lie_inside_the_spleen_label_and_are_darker(source_map):
+    source, stats = load_source(source_map), load_hu_stats()
+    options = {**FAST, "lesion_share": 1.0, "random_contrast_share": 0.0, "spleen_ml": (300.0, 400.0)}
+    found = False
+    for seed in range(4):
+        labels, drawn = _place_spleen(np.random.default_rng(seed), source, CaseOptions.of(options))
+        lesion = labels == SPLEEN_LESION
+        assert drawn["lesions"] >= 1 and lesion.any()
+        image, label, _, drawn = synthesize_case((5, seed), source, stats, options)
+        if drawn["lesions"] and label.sum() > 200:
+            found = True
+        assert label.max() == 1 and set(np.unique(label)) <= {0, 1}
+    assert found
+
+
+def test_views_that_cut_the_spleen_touch_the_image_border(source_map):
+    source, stats = load_source(source_map), load_hu_stats()
+    for seed in range(3):
+        _, label, _, drawn = synthesize_case((2, seed), source, stats, {**FAST, "tip_only_share": 1.0, "max_slices": 40})
+        assert drawn["view"] in ("tip", "dome") and label.any()
+        assert label[:, :, -1].any() if drawn["view"] == "tip" else label[:, :, 0].any(), drawn
+        _, label, _, drawn = synthesize_case((3, seed), source, stats, {**FAST, "cut_fov_share": 1.0})
+        assert drawn["fov_cut"] and label.any()
+        edges = [label[0], label[-1], label[:, 0], label[:, -1]]
+        assert any(edge.any() for edge in edges), "the spleen must run out of the in-plane field of view"
+
+
+def test_metal_changes_the_image_not_the_label_and_random_contrast_is_recorded(source_map):
+    source, stats = load_source(source_map), load_hu_stats()
+    plain = synthesize_case((4, 0), source, stats, {**FAST, "streak_share": 0.0, "metal_share": 0.0})
+    metal = synthesize_case((4, 0), source, stats, {**FAST, "streak_share": 0.0, "metal_share": 1.0})
+    np.testing.assert_array_equal(plain[1], metal[1])
+    assert metal[3]["streaks"] == "metal" and metal[0].max() >= 1500 and not np.array_equal(plain[0], metal[0])
+    _, _, _, drawn = synthesize_case((4, 1), source, stats, {**FAST, "random_contrast_share": 1.0})
+    assert drawn["phase"] == "random"
+    with pytest.raises(ValueError, match="unknown synthetic case options.*matrixx"):
+        synthesize_case((4, 2), source, stats, {"matrixx": 3})
+
+
+def test_clinical_grids_are_512_square_and_thick_slices_average_their_slab(source_map):
+    source, stats = load_source(source_map), load_hu_stats()
+    image, label, affine, drawn = synthesize_case((6, 0), source, stats, {"matrix_share": 1.0, "max_slices": 8,
+                                                                         "slice_thickness_mm": (7.5, 8.0),
+                                                                         "cut_fov_share": 0.0, "tip_only_share": 0.0})
+    assert image.shape[:2] == (512, 512) and 0.4 <= affine[0, 0] <= 1.0 and affine[2, 2] >= 7.5
+    assert label.any() and image.dtype == np.int16
 
 
 def test_same_seed_same_case_and_the_spleen_on_the_left(source_map):
@@ -160,14 +254,20 @@ def test_bad_input_names_the_file(tmp_path, source_map):
         make_synthetic_dataset(other, cases=1, sources=[source_map])
 
 
-def test_cli_writes_the_dataset(tmp_path, source_map, capsys):
-    sys.path.insert(0, str(REPO / "scripts"))
-    from make_synthetic import main
+def test_cli_writes_the_dataset_and_resumes(tmp_path, source_map, capsys):
+    from bundle.cli import main
 
-    path = main(["--out", str(tmp_path / "cli"), "--cases", "1", "--seed", "0", "--sources", source_map,
-                 "--inplane_spacing", "2.5", "3.0", "--slice_thickness", "3", "5", "--max_slices", "8"])
-    assert path.is_file() and (tmp_path / "cli" / "labelsTr" / "spleen_0.nii.gz").is_file()
-    assert "wrote 1 synthetic CT volumes" in capsys.readouterr().out
+    argv = ["synthesize", "--out", str(tmp_path / "cli"), "--cases", "2", "--seed", "0", "--sources", source_map,
+            "--matrix_share", "0", "--inplane_spacing", "2.5", "3.0", "--slice_thickness", "3", "5", "--max_slices", "8"]
+    assert main(argv) == 0
+    assert (tmp_path / "cli" / "labelsTr" / "spleen_1.nii.gz").is_file()
+    content = json.loads((tmp_path / "cli" / "dataset.json").read_text())
+    assert content["licence"] == "CC BY-SA 4.0" and "Decathlon" in content["reference"]
+    assert json.loads((tmp_path / "cli" / "cases" / "spleen_0.json").read_text())["phase"]
+    assert "wrote 2 synthetic CT volumes" in capsys.readouterr().out
+    written = (tmp_path / "cli" / "imagesTr" / "spleen_0.nii.gz").stat().st_mtime_ns
+    assert main(argv) == 0  # a rerun keeps the cases it finds
+    assert (tmp_path / "cli" / "imagesTr" / "spleen_0.nii.gz").stat().st_mtime_ns == written
 
 
 def test_on_the_fly_transform_draws_new_cases_that_train_like_files(source_map):
@@ -200,8 +300,7 @@ def test_real_ct_scoring_puts_each_label_on_its_image_grid(totalseg_dir):
     the label in RAS: prediction and label meet on one grid (the DICOM series and its label are LAS)."""
     import torch
 
-    sys.path.insert(0, str(REPO / "scripts"))
-    from evaluate_real import REAL_CASES, dice, evaluate_model
+    from bundle.evaluation import REAL_CASES, dice, evaluate_model
 
     class LowXHalf(torch.nn.Module):
         def forward(self, x):

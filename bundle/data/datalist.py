@@ -27,8 +27,8 @@ logger = logging.getLogger(__name__)
 
 SPLITS = ("teacher_train", "validation", "test", "student_train")
 SETUP_HINT = ("pass --dataset_dir (config key `dataset_dir`) pointing at a Task09_Spleen folder, download it with "
-              "`python scripts/prepare_data.py --dataset_dir data/Task09_Spleen --download`, or make phantoms with "
-              "`python scripts/make_phantoms.py --out data/phantoms --cases 16 --seed 0`")
+              "`spleen-kd prepare-data --dataset_dir data/Task09_Spleen --download`, or make synthetic CT with "
+              "`spleen-kd synthesize --out data/synthetic --cases 48`")
 
 
 class DataError(ValueError):

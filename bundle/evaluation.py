@@ -1,7 +1,8 @@
 """Per-volume 3D Dice of trained models on the real labelled CT fixtures (transfer to real scans).
 
-    python scripts/evaluate_real.py --out demo_out      # the demo's teacher, baseline and KD student
-    python scripts/evaluate_real.py --grid runs/proof   # every trained run of scripts/experiments.py's grid
+    spleen-kd evaluate --real --out demo_out      # the demo's teacher, baseline and KD student
+    spleen-kd evaluate --real --grid runs/proof   # every trained run of an experiment grid
+    spleen-kd evaluate --real --shipped           # the weights in models/
 
 Prediction follows ``configs/evaluate.json`` (its image preprocessing, ``SliceInferer``, sigmoid,
 inversion to the image grid, threshold 0.5, no post-processing). The label map is resampled onto the
@@ -11,17 +12,10 @@ also given after keeping the largest connected component, as ``configs/inference
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-TOTALSEG_CT = ROOT.parent / "shared" / "data" / "totalseg_ct"
-REAL_CASES = {  # subject: (image, label map; spleen = 1)
-    "example_ct_sm": (TOTALSEG_CT / "example_ct_sm.nii.gz", TOTALSEG_CT / "example_seg.nii.gz"),
-    "example_ct_dicom": (TOTALSEG_CT / "example_ct_dicom", TOTALSEG_CT / "example_seg_dicom.nii.gz"),
-}
+from .data.assets import REAL_CASES
 
 
 def dice(prediction, label) -> float:
@@ -42,7 +36,7 @@ def evaluate_model(network_def, ckpt_path: str | Path | None, config_files: list
     from monai.transforms import (AsDiscreted, Compose, EnsureChannelFirstd, Invertd, KeepLargestConnectedComponent,
                                   LoadImaged, ResampleToMatchd)
 
-    from bundle.checkpoint import load_weights
+    from .checkpoint import load_weights
 
     parser = ConfigParser()
     parser.read_config(config_files)
@@ -63,7 +57,7 @@ def evaluate_model(network_def, ckpt_path: str | Path | None, config_files: list
     for subject, (image_path, label_path) in cases.items():
         for path in (image_path, label_path):
             if not Path(path).exists():
-                raise FileNotFoundError(f"real CT fixture '{path}' is missing; see ../shared/data/README.md.")
+                raise FileNotFoundError(f"real CT case '{path}' is missing.")
         data = image_preprocessing({"image": str(image_path)})
         with torch.no_grad():
             outputs = inferer(data["image"][None], network)
@@ -81,19 +75,34 @@ def evaluate_model(network_def, ckpt_path: str | Path | None, config_files: list
     return results
 
 
-def evaluate_demo(out: Path, extra_configs: list[str] = ()) -> dict[str, dict]:
-    """The three models of a ``scripts/demo.py`` run (``out``) on the real fixtures."""
-    from demo import EVALUATED, _config_files, _network_def, best_model
+def evaluate_checkpoint(ckpt: str | Path, extra_configs: list[str] = (),
+                        cases: dict[str, tuple[Path, Path]] = REAL_CASES) -> dict[str, dict]:
+    """:func:`evaluate_model` for a checkpoint with its ``model.json``: the network and preprocessing it
+    was trained with, as inference serves it."""
+    from .serving import model_info
+    from .workflows import config_files
+
+    info = model_info.read(ckpt)
+    overrides = {k: info[k] for k in ("slice_size", "hu_window", "axcodes", "pixdim")}
+    return evaluate_model(info["network_def"], ckpt, config_files("student", *extra_configs, evaluate=True),
+                          cases, overrides=overrides)
+
+
+def evaluate_demo(out: Path, configs: list[str]) -> dict[str, dict]:
+    """The teacher, baseline and KD student of a ``spleen-kd demo`` run (``out``, trained with the override
+    ``configs``) on the real fixtures."""
+    from .demo import EVALUATED, best_model, teacher_checkpoint
+    from .workflows import config_files, network_definition
 
     results = {}
     for name, stage in EVALUATED.items():
-        config_files = _config_files(stage, list(extra_configs), evaluate=True)
-        per_subject = evaluate_model(_network_def(stage, list(extra_configs)), best_model(out, stage), config_files)
-        results[name] = _summarised(per_subject)
+        files = config_files(stage, *configs, evaluate=True)
+        ckpt = teacher_checkpoint(out) if stage == "teacher" else best_model(out, stage)
+        results[name] = summarised(evaluate_model(network_definition(files, stage), ckpt, files))
     return results
 
 
-def _summarised(per_subject: dict) -> dict:
+def summarised(per_subject: dict) -> dict:
     return {"subjects": per_subject,
             "mean_dice": round(sum(r["dice"] for r in per_subject.values()) / len(per_subject), 4),
             "mean_dice_largest_component": round(
@@ -101,9 +110,11 @@ def _summarised(per_subject: dict) -> dict:
 
 
 def evaluate_grid(out: Path) -> dict[str, dict]:
-    """Every trained run of a ``scripts/experiments.py`` output folder, with the configs and overrides its
+    """Every trained run of a ``spleen-kd grid`` output folder, with the configs and overrides its
     training used (``OUT/stages/<run>/train.json``) and its best checkpoint (``OUT/models/<run>/model.pt``)."""
-    evaluate = str(ROOT / "configs" / "evaluate.json")
+    from .workflows import located
+
+    evaluate = located("evaluate")
     results = {}
     for marker in sorted(Path(out).glob("stages/*/train.json")):
         run, trained = marker.parent.name, json.loads(marker.read_text())
@@ -112,28 +123,14 @@ def evaluate_grid(out: Path) -> dict[str, dict]:
             raise FileNotFoundError(f"{marker} says '{run}' was trained, but {ckpt} is missing.")
         per_subject = evaluate_model(None, ckpt, [*trained["config_files"], evaluate],
                                      overrides=trained["overrides"])
-        results[run] = _summarised(per_subject)
+        results[run] = summarised(per_subject)
         print(f"{run}: mean Dice {results[run]['mean_dice']:.3f}", flush=True)
     return results
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--out", help="a finished scripts/demo.py output folder")
-    source.add_argument("--grid", help="a scripts/experiments.py output folder: every trained run in it")
-    parser.add_argument("--config", action="append", default=[], help="the extra configs the demo was run with")
-    args = parser.parse_args(argv)
-
-    out = Path(args.out or args.grid).resolve()
-    results = evaluate_grid(out) if args.grid else evaluate_demo(out, args.config)
-    (out / "real_ct.json").write_text(json.dumps(results, indent=2))
-    for name, entry in results.items():
-        subjects = " | ".join(f"{s} {r['dice']:.3f}" for s, r in entry["subjects"].items())
-        print(f"{name}: mean Dice {entry['mean_dice']:.3f} ({subjects}); largest component "
-              f"{entry['mean_dice_largest_component']:.3f}")
-    return results
-
-
-if __name__ == "__main__":
-    main()
+def report(results: dict[str, dict]) -> str:
+    """One line per model: its mean Dice and the per-subject Dice."""
+    return "\n".join(f"{name}: mean Dice {entry['mean_dice']:.3f} ("
+                     + " | ".join(f"{s} {r['dice']:.3f}" for s, r in entry["subjects"].items())
+                     + f"); largest component {entry['mean_dice_largest_component']:.3f}"
+                     for name, entry in results.items())

@@ -6,7 +6,7 @@ the segmentation gradient's — on the first convolution (which feeds every skip
 student parameters — and the cosine between the two. A ratio far above 1 means the term, not the spleen,
 decides what the early layers learn.
 
-    python scripts/gradient_ratio.py --config_file "['configs/train.json','configs/kd.json','configs/demo.json']" \\
+    python -m bundle.losses.gradient_ratio --config_file "['configs/train.json','configs/kd.json','configs/demo.json']" \\
         --teacher_ckpt runs/proof/models/teacher-T1/model.pt --dataset_dir runs/proof/phantoms --json eval/gradients.json
 """
 
@@ -21,8 +21,9 @@ import torch
 from monai.bundle import ConfigParser
 from monai.utils import set_determinism
 
-ROOT = Path(__file__).resolve().parents[1]
-KD_CONFIGS = [str(ROOT / "configs" / name) for name in ("train.json", "kd.json", "demo.json")]
+from ..workflows import bundle_root, config_files
+
+KD_CONFIGS = config_files("kd", "demo")
 
 TERMS = ("pmd", "cwd", "dist", "infonce_encoder", "infonce_bottleneck", "infonce_decoder", "mse_encoder")
 
@@ -71,7 +72,7 @@ def main(argv=None) -> dict:
     files = ast.literal_eval(args.config_file) if args.config_file.startswith("[") else [args.config_file]
     parser = ConfigParser()
     parser.read_config(files)
-    parser.update({"bundle_root": str(ROOT), "dataset_dir": args.dataset_dir, "teacher_ckpt": args.teacher_ckpt, "amp": False,
+    parser.update({"bundle_root": str(bundle_root()), "dataset_dir": args.dataset_dir, "teacher_ckpt": args.teacher_ckpt, "amp": False,
                    "datalist_file": args.datalist_file or str(Path(args.dataset_dir).parent / "gradient_datalist.json")})
     set_determinism(seed=parser.get_parsed_content("seed"))
     ratios = measure(parser, tuple(args.terms), args.batches)

@@ -1,8 +1,8 @@
 """Compare any set of runs from an MLflow store: mean ± std over seeds, gain over the matching baseline
-student, and paired tests (the table of ``scripts/experiments.py``'s results.md).
+student, and paired tests (the table of ``spleen-kd grid``'s results.md).
 
-    python scripts/compare_runs.py --tracking_uri sqlite:///runs/thesis/eval/mlruns.db
-    python scripts/compare_runs.py --tracking_uri sqlite:///runs/thesis/eval/mlruns.db \\
+    spleen-kd compare --tracking_uri sqlite:///runs/thesis/eval/mlruns.db
+    spleen-kd compare --tracking_uri sqlite:///runs/thesis/eval/mlruns.db \\
         --runs 'S1-f50-base-*' 'T1-S1-f50-nce_*' --anova --out table.md
 
 Runs whose parameters differ only in ``seed`` form one configuration, labelled by the run name
@@ -10,7 +10,7 @@ without its seed suffix. A distilled run's baseline is the configuration trained
 with only the ``seg`` loss, on the same student network, data split and fraction, slice size,
 epochs and learning rate. Per-volume metrics come from ``EVAL_ROOT/<run name>/test/metrics.csv`` (where
 the bundle's evaluation writes them); runs without that file fall back on the ``test_*`` means that
-``experiments.py`` logs to MLflow, and per-volume tests are then not available.
+``spleen-kd grid`` logs to MLflow, and per-volume tests are then not available.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def load_runs(tracking_uri: str, experiment: str = "spleen-kd", patterns: list[s
 
 def to_records(runs: list[dict], eval_root: Path | None):
     """Group by every parameter but the seed, find each distilled configuration's baseline, attach metrics."""
-    from bundle.stats import RunRecord, read_volume_metrics
+    from .stats import RunRecord, read_volume_metrics
 
     configs: dict[tuple, str] = {}
     labels: set[str] = set()
@@ -98,7 +98,7 @@ def to_records(runs: list[dict], eval_root: Path | None):
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="spleen-kd compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tracking_uri", required=True, help="e.g. sqlite:///runs/thesis/eval/mlruns.db")
     parser.add_argument("--experiment", default="spleen-kd")
     parser.add_argument("--runs", nargs="+", help="run names or shell-style patterns (default: all runs)")
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--out", help="also write the table to this markdown file")
     args = parser.parse_args(argv)
 
-    from bundle.stats import anova_table, results_table
+    from .stats import anova_table, results_table
 
     eval_root = Path(args.eval_root) if args.eval_root else None
     if eval_root is None and args.tracking_uri.startswith("sqlite:///"):

@@ -1,14 +1,14 @@
 #!/usr/bin/env python3
 """End-to-end check that this bundle serves spleen auto-segmentation through MONAI Label 0.8.5.
 
-    python scripts/monailabel_smoke.py --venv .venv-monailabel [--port P] [--image CT.nii.gz]
-                                       [--train] [--train-config FILE] [--keep]
+    python bundle/serving/monailabel_check.py --venv .venv-monailabel [--port P] [--image CT.nii.gz]
+                                              [--train] [--train-config FILE] [--keep]
 
 What it does (everything on 127.0.0.1, every wait bounded):
   1. Re-runs itself with the MONAI Label venv's Python (created by scripts/monailabel_env.sh).
   2. In a temporary folder: `monailabel apps --download --name monaibundle` (copies the sample
      app shipped inside the monailabel package; no network), a copy of this bundle as
-     `<app>/model/spleen_kd` (configs/, bundle/, models/model.pt; where the repo has no
+     `<app>/model/spleen_kd` (configs/, bundle/, models/model.pt with its model.json; where the repo has no
      models/model.pt, a freshly initialised student FeatureUNet is saved instead: its mask is
      meaningless, only shape and values are checked), and a studies folder with the CT.
   3. `monailabel start_server --app <app> --studies <studies> --conf models spleen_kd
@@ -46,10 +46,10 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
-DEFAULT_IMAGE = SHARED / "data" / "totalseg_ct" / "example_ct_sm.nii.gz"
-DEFAULT_LABEL_SOURCE = SHARED / "data" / "totalseg_ct" / "example_seg.nii.gz"
+REPO = Path(__file__).resolve().parents[2]  # runs with the MONAI Label venv's Python, where spleen-kd is not installed
+FIXTURES = REPO / "bundle" / "data" / "fixtures"
+DEFAULT_IMAGE = FIXTURES / "example_ct_sm.nii.gz"
+DEFAULT_LABEL_SOURCE = FIXTURES / "example_seg.nii.gz"
 MODEL = "spleen_kd"
 SPLEEN = 1  # channel_def of network_data_format.outputs.pred: {"0": "background", "1": "spleen"}
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_.]*(Error|Exception)\b.*:")  # "ValueError: ...", "bundle.x.DataError: ..."
@@ -161,10 +161,34 @@ def build_app(work: Path, venv: Path, image: Path, train_config: str | None, inf
         log(f"models/model.pt: {why} -> a freshly initialised (random-weight) student was saved; "
             "the mask is meaningless, only its shape and values are checked")
     else:
-        shutil.copy(REPO / "models" / "model.pt", bundle / "models" / "model.pt")
-        log(f"models/model.pt: copied from {REPO / 'models' / 'model.pt'}")
+        for name in ("model.pt", "model.json"):
+            if (REPO / "models" / name).is_file():
+                shutil.copy(REPO / "models" / name, bundle / "models" / name)
+        log(f"models/model.pt: copied from {REPO / 'models' / 'model.pt'}, with its description")
     log(f"bundle: {bundle}")
     return app, bundle, random_weights
+
+
+RANDOM_STUDENT = """
+import sys, torch
+from monai.bundle import ConfigParser
+bundle, image = sys.argv[1:3]
+parser = ConfigParser()
+parser.read_config(bundle + "/configs/inference.json")
+parser["bundle_root"] = bundle
+torch.manual_seed(0)
+net = parser.get_parsed_content("network_def", instantiate=True).eval()
+state = net.state_dict()
+heads = [k for k, v in state.items() if k.endswith("bias") and v.numel() == 1]
+if heads:
+    x = parser.get_parsed_content("preprocessing")({"image": image})["image"]
+    slices = x.as_tensor().permute(3, 0, 1, 2)[::2]  # [D, C, H, W], every other slice
+    with torch.no_grad():
+        y = net(slices)
+    y = y[0] if isinstance(y, (tuple, list)) else y
+    state[heads[-1]] -= torch.quantile(y.flatten().float(), 0.8)
+torch.save(state, bundle + "/models/model.pt")
+"""
 
 
 def save_random_student(bundle: Path, image: Path) -> None:
@@ -174,29 +198,10 @@ def save_random_student(bundle: Path, image: Path) -> None:
     would make the orientation/inversion checks vacuous), so the output bias is shifted to put the
     threshold at the 80th percentile of the logits on this CT: the mask then has both values and a
     shape that follows the image, and MONAI Label's mask can be compared voxel for voxel with the
-    bundle's own inference.
+    bundle's own inference. Runs in the bundle copy's folder, whose ``bundle`` package the configs import.
     """
-    import torch
-    from monai.bundle import ConfigParser
-
-    sys.path.insert(0, str(bundle))
-    try:
-        parser = ConfigParser()
-        parser.read_config(str(bundle / "configs" / "inference.json"))
-        torch.manual_seed(0)
-        net = parser.get_parsed_content("network_def", instantiate=True).eval()
-        state = net.state_dict()
-        heads = [k for k, v in state.items() if k.endswith("bias") and v.numel() == 1]
-        if heads:
-            x = parser.get_parsed_content("preprocessing")({"image": str(image)})["image"]
-            slices = x.as_tensor().permute(3, 0, 1, 2)[::2]  # [D, C, H, W], every other slice
-            with torch.no_grad():
-                y = net(slices)
-            y = y[0] if isinstance(y, (tuple, list)) else y
-            state[heads[-1]] -= torch.quantile(y.flatten().float(), 0.8)
-        torch.save(state, bundle / "models" / "model.pt")
-    finally:
-        sys.path.remove(str(bundle))
+    subprocess.run([sys.executable, "-c", RANDOM_STUDENT, str(bundle), str(image)], cwd=bundle, check=True,
+                   timeout=300)
 
 
 def image_ext(path: Path) -> str:

@@ -1,9 +1,9 @@
 """The thesis's experiment grid over seeds: teachers, baseline students and distilled students, each
 trained as one MLflow run, evaluated per volume on the test split, and summarised with paired tests.
 
-    python scripts/experiments.py --out runs/thesis --grid thesis --seeds 0 1 2 --dataset_dir data/Task09_Spleen
-    python scripts/experiments.py --out runs/smoke --grid smoke              # CPU: phantoms, configs/demo.json
-    python scripts/experiments.py --out runs/smoke --grid smoke --dry_run    # the planned runs and overrides
+    spleen-kd grid --out runs/thesis --grid thesis --seeds 0 1 2 --dataset_dir data/Task09_Spleen
+    spleen-kd grid --out runs/smoke --grid smoke              # CPU: phantoms, configs/demo.json
+    spleen-kd grid --out runs/smoke --grid smoke --dry_run    # the planned runs and overrides
 
 A grid is a JSON file in ``configs/experiments/`` (``--grid NAME``) or anywhere (``--grid PATH``);
 see ``configs/experiments/thesis.json`` for the schema. Every run uses the real bundle configs in
@@ -23,25 +23,17 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import gc
 import json
 import math
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bundle.files import atomic_write_text
+from .files import atomic_write_text
+from .workflows import Stages, bundle_root, bundle_run, config_dir, config_files, located, parsed
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "configs"
-GRIDS = CONFIGS / "experiments"
-CONFIG_FILES = {"teacher": [str(CONFIGS / "train.json"), str(CONFIGS / "teacher.json")],
-                "student": [str(CONFIGS / "train.json")],
-                "kd": [str(CONFIGS / "train.json"), str(CONFIGS / "kd.json")]}
-EVALUATE = str(CONFIGS / "evaluate.json")
-TRACKING = str(CONFIGS / "mlflow.json")
+GRIDS = config_dir() / "experiments"
 BASELINE = "base"
 GRID_KEYS = ("configs", "seeds", "teachers", "students", "variants", "fractions", "anova")
 
@@ -70,7 +62,7 @@ def load_grid(grid: str) -> dict:
     missing = [key for key in GRID_KEYS if key not in spec]
     if missing:
         raise SystemExit(f"grid '{path}' lacks {missing}; see configs/experiments/thesis.json for the schema.")
-    terms = set(json.loads((CONFIGS / "kd.json").read_text())["loss_terms"])
+    terms = set(json.loads(Path(located("kd")).read_text())["loss_terms"])
     spec["variants"] = {name: variant_spec(chosen) for name, chosen in spec["variants"].items()}
     spec.setdefault("assistants", {})
     for name, assistant in spec["assistants"].items():
@@ -117,7 +109,7 @@ def plan(grid: dict, out: Path, seeds: list[int], dataset_dir: str, split_seed: 
     """Teachers first (once each), then per seed the baseline students and the distilled students."""
     out = Path(out)
     fractions = {float(f): variants for f, variants in grid["fractions"].items()}
-    shared = {"bundle_root": str(ROOT), "output_root": str(out), "dataset_dir": str(dataset_dir), "resume": True,
+    shared = {"bundle_root": str(bundle_root()), "output_root": str(out), "dataset_dir": str(dataset_dir), "resume": True,
               "publish": False, **grid.get("overrides", {})}
 
     def planned(name, stage, config, seed, fraction, network, baseline=None, teacher=None, **extra) -> PlannedRun:
@@ -209,53 +201,25 @@ def eval_dir(out: Path, run: str) -> Path:
 
 
 def _marker(out: Path, run: str, step: str) -> Path:
-    return out / "stages" / run / f"{step}.json"
+    return Stages(out).marker(f"{run}/{step}")
 
 
 def _step(out: Path, run: str, step: str, fn, log) -> bool:
-    """Run ``fn`` unless its marker exists; write its result as the marker, atomically. True if it ran."""
-    marker = _marker(out, run, step)
-    if marker.exists():
+    """Run ``fn`` unless its marker exists (:class:`bundle.workflows.Stages`); True if it ran."""
+    stages = Stages(out, log)
+    if stages.done(f"{run}/{step}"):
         return False
-    log(f"[{run}] {step} ...")
-    start = time.perf_counter()
-    result = fn()
-    result["seconds"] = round(time.perf_counter() - start, 1)
-    atomic_write_text(marker, json.dumps(result, indent=2, default=str))
-    log(f"[{run}] {step} done in {result['seconds']} s")
+    stages.run(f"{run}/{step}", fn)
     return True
-
-
-def _bundle_run(run_id: str, config_files: list[str], **overrides) -> None:
-    """One workflow in this process; memory is released afterwards so a long grid does not grow."""
-    import torch
-    from monai.bundle import run
-
-    try:
-        run(run_id=run_id, config_file=config_files, meta_file=str(CONFIGS / "metadata.json"),
-            logging_file=str(CONFIGS / "logging.conf"), **overrides)
-    finally:
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-
-def _parser(files: list[str], overrides: dict):
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config(files)
-    parser.update(overrides)
-    return parser
 
 
 def _write_datalists(runs: list[PlannedRun], configs: list[str], dataset_dir: str, split_seed: int, log) -> None:
     """One split per student fraction, in the datalist format the bundle uses as is (no ``params``), so runs
     with any ``seed`` share the split of ``split_seed``; validation, test and teacher volumes never change."""
-    from bundle.data.datalist import check_pairs, read_pairs, split_by_volume
+    from .data.datalist import check_pairs, read_pairs, split_by_volume
 
     files = {run.overrides["datalist_file"]: run.overrides["student_fraction"] for run in runs}
-    parsed = _parser([*CONFIG_FILES["kd"], *configs], runs[0].overrides)
+    settings = parsed(config_files("kd", *configs), runs[0].overrides)
     pairs = None
     for path, fraction in files.items():
         path = Path(path)
@@ -268,9 +232,9 @@ def _write_datalists(runs: list[PlannedRun], configs: list[str], dataset_dir: st
             continue
         if pairs is None:
             pairs = read_pairs(dataset_dir=dataset_dir)
-            check_pairs(pairs, parsed.get_parsed_content("label_value"))
-        split = split_by_volume(pairs, split_seed, parsed.get_parsed_content("val_fraction"),
-                                parsed.get_parsed_content("test_fraction"), fraction)
+            check_pairs(pairs, settings.get_parsed_content("label_value"))
+        split = split_by_volume(pairs, split_seed, settings.get_parsed_content("val_fraction"),
+                                settings.get_parsed_content("test_fraction"), fraction)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"dataset_dir": str(dataset_dir), "split_seed": split_seed,
                                     "student_fraction": fraction, **split}, indent=2))
@@ -282,7 +246,7 @@ def _log_test_metrics(out: Path, run: str, summary: dict, log) -> None:
     the training handler used: ``MLFLOW_TRACKING_URI`` if set (it takes precedence there too), else OUT's."""
     import mlflow
 
-    experiment = json.loads((ROOT / TRACKING).read_text())["configs"]["experiment_name"]
+    experiment = json.loads(Path(located("mlflow")).read_text())["configs"]["experiment_name"]
     uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(out / 'eval' / 'mlruns.db').resolve()}"
     try:
         client = mlflow.MlflowClient(tracking_uri=uri)
@@ -300,13 +264,13 @@ def _log_test_metrics(out: Path, run: str, summary: dict, log) -> None:
 
 
 def _train(run: PlannedRun, files: list[str]) -> dict:
-    _bundle_run("training", files, tracking=TRACKING, **run.overrides)
+    bundle_run("training", files, tracking=located("mlflow"), **run.overrides)
     return {"config_files": files, "overrides": run.overrides}
 
 
 def _evaluate(run: PlannedRun, out: Path, configs: list[str], log) -> dict:
     """Per-volume metrics of the run's best checkpoint on the test split, in ``OUT/eval/<run>/test/``."""
-    _bundle_run("evaluating", [*CONFIG_FILES[run.stage], EVALUATE, *configs], **run.overrides, split="test",
+    bundle_run("evaluating", config_files(run.stage, *configs, evaluate=True), **run.overrides, split="test",
                 outputs=["seg", "rec"] if run.stage == "teacher" else ["seg"])
     summary = json.loads((eval_dir(out, run.name) / "summary.json").read_text())
     _log_test_metrics(out, run.name, summary, log)
@@ -315,7 +279,7 @@ def _evaluate(run: PlannedRun, out: Path, configs: list[str], log) -> dict:
 
 def records(runs: list[PlannedRun], out: Path):
     """The evaluated runs as :class:`bundle.stats.RunRecord` (per-volume rows from their metrics.csv)."""
-    from bundle.stats import RunRecord, read_volume_metrics
+    from .stats import RunRecord, read_volume_metrics
 
     found = []
     for run in runs:
@@ -329,7 +293,7 @@ def records(runs: list[PlannedRun], out: Path):
 
 def write_results(grid: dict, runs: list[PlannedRun], out: Path, seeds: list[int], configs: list[str],
                   data_note: str, split_seed: int) -> Path:
-    from bundle.stats import anova_table, results_table
+    from .stats import anova_table, results_table
 
     found = records(runs, out)
     text = (f"# Experiment grid `{grid['name']}`\n\n{grid.get('description', '')}\n\n{data_note} Split seed "
@@ -353,7 +317,7 @@ def write_summary(runs: list[PlannedRun], out: Path, seeds: list[int], command: 
     """``OUT/summary.json`` (every configuration against its baseline: mean ± std over seeds, the gain in
     seed-averaged per-volume Dice, paired t-test over test volumes with Holm over all comparisons, and
     every per-volume value) and ``OUT/summary.png`` (per-volume Dice gains)."""
-    from bundle.stats import compare, group_by_config, holm, mean_std
+    from .stats import compare, group_by_config, holm, mean_std
 
     groups = group_by_config(records(runs, out))
     compared = {config: compare(group, groups[group[0].baseline]) for config, group in groups.items()
@@ -419,7 +383,7 @@ def _plot_gains(summary: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="spleen-kd grid", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (reruns skip its finished runs)")
     parser.add_argument("--grid", default="thesis", help="grid name in configs/experiments/ or a grid JSON path")
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the grid's)")
@@ -439,17 +403,17 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = args.seeds if args.seeds is not None else grid["seeds"]
     # a grid names its configs relative to the bundle, the command line relative to the working directory
     configs = ([str(Path(c).resolve()) for c in args.config] if args.config is not None
-               else [str(ROOT / c) for c in grid["configs"]])
+               else [str(bundle_root() / c) for c in grid["configs"]])
     out = Path(args.out).resolve()
     log = print
 
-    dataset = Path(args.dataset_dir) if args.dataset_dir else ROOT / "data" / "Task09_Spleen"
+    dataset = Path(args.dataset_dir) if args.dataset_dir else bundle_root() / "data" / "Task09_Spleen"
     if (dataset / "dataset.json").is_file():
         dataset_dir = str(dataset.resolve())
         data_note = f"Data: the dataset at {dataset_dir}."
     elif args.dataset_dir:
         raise SystemExit(f"--dataset_dir {dataset} holds no dataset.json; download MSD Task09_Spleen with "
-                         "`python scripts/prepare_data.py --dataset_dir data/Task09_Spleen --download`.")
+                         "`spleen-kd prepare-data --dataset_dir data/Task09_Spleen --download`.")
     else:
         dataset_dir = str(out / "phantoms")
         data_note = f"Data: {args.cases} procedural phantom volumes (seed {args.split_seed}) in {dataset_dir}."
@@ -461,26 +425,26 @@ def main(argv: list[str] | None = None) -> dict:
     if args.dry_run:
         for run in runs:
             done = "done" if _marker(out, run.name, "evaluate").exists() else "todo"
-            log(f"[{done}] {run.name}  ({' + '.join(Path(f).name for f in [*CONFIG_FILES[run.stage], *configs])})\n    "
+            log(f"[{done}] {run.name}  ({' + '.join(Path(f).name for f in config_files(run.stage, *configs))})\n    "
                 + json.dumps(run.overrides))
         return {"planned": [run.name for run in runs], "trained": [], "evaluated": []}
 
     out.mkdir(parents=True, exist_ok=True)
     if dataset_dir == str(out / "phantoms") and not (out / "phantoms" / "dataset.json").is_file():
-        from bundle.data.phantoms import make_phantom_dataset
+        from .data.phantoms import make_phantom_dataset
 
         make_phantom_dataset(dataset_dir, cases=args.cases, seed=args.split_seed)
     _write_datalists(runs, configs, dataset_dir, args.split_seed, log)
     trained, evaluated = [], []
     for run in runs:
-        files = [*CONFIG_FILES[run.stage], *configs]
+        files = config_files(run.stage, *configs)
         if _step(out, run.name, "train", lambda: _train(run, files), log):
             trained.append(run.name)
             _marker(out, run.name, "evaluate").unlink(missing_ok=True)  # a retrained run is evaluated again
         if _step(out, run.name, "evaluate", lambda: _evaluate(run, out, configs, log), log):
             evaluated.append(run.name)
     path = write_results(grid, runs, out, seeds, configs, data_note, args.split_seed)
-    write_summary(runs, out, seeds, "python scripts/experiments.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    write_summary(runs, out, seeds, "spleen-kd grid " + " ".join(argv if argv is not None else sys.argv[1:]),
                   data_note)
     log(f"{len(trained)} trained, {len(evaluated)} evaluated now; results in {path}")
     return {"planned": [run.name for run in runs], "trained": trained, "evaluated": evaluated}

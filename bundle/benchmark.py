@@ -1,6 +1,6 @@
 """Speed and cost of every network and of ``configs/inference.json`` end to end, in one run.
 
-    python scripts/benchmark.py --json eval/benchmark.json [--cli] [--int8]
+    spleen-kd benchmark --json eval/benchmark.json [--cli] [--int8]
 
 Writes one JSON (schema below) and a markdown table beside it (``.md``), and prints the table.
 
@@ -43,7 +43,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from .data.assets import EXAMPLE_CT as FIXTURE_CT
+from .workflows import bundle_root, located
+
+ROOT = bundle_root()
 
 MODELS = {
     "T1": ("FeatureUNet", dict(channels=[64, 128, 256, 512], bottleneck=1024, convs_per_block=2, reconstruction=True)),
@@ -54,7 +57,6 @@ MODELS = {
 }
 TEACHERS = ("T1", "T2")
 STUDENTS = ("S1", "S2", "S1-fast")
-FIXTURE_CT = ROOT.parent / "shared" / "data" / "totalseg_ct" / "example_ct.nii.gz"
 STAGES = ("read", "preprocess", "model", "invert", "postprocess", "write")
 
 
@@ -94,7 +96,7 @@ def _median_seconds(fn, repeats: int, warmup: int = 1) -> float:
 
 
 def calibration_slices(size: int):
-    from bundle.quantize import calibration_slices as slices
+    from .serving.quantize import calibration_slices as slices
 
     if not FIXTURE_CT.is_file():
         raise SystemExit(f"--int8 calibrates on the real CT fixture, which is not at {FIXTURE_CT}.")
@@ -105,9 +107,9 @@ def measure_model(name: str, backend: str, size: int, batch: int, repeats: int) 
     """Slices/s of one model on one backend; runs in its own process so that its peak memory is its own."""
     import torch
 
-    from bundle.inference import export_onnx, use_threads
-    from bundle.metrics import flops_per_slice
-    from bundle.networks import count_parameters
+    from .serving.backend import export_onnx, use_threads
+    from .metrics import flops_per_slice
+    from .networks import count_parameters
 
     device = "cuda" if backend.endswith("cuda") else "cpu"
     threads = use_threads()
@@ -125,12 +127,12 @@ def measure_model(name: str, backend: str, size: int, batch: int, repeats: int) 
                 network(x)
             sync()
     else:
-        from bundle.deploy import OnnxRuntimeNetwork
+        from .serving.backend import OnnxRuntimeNetwork
 
         with tempfile.TemporaryDirectory() as tmp:
             path = export_onnx(network, Path(tmp) / "model.onnx", size, key="benchmark")
             if backend == "onnx-int8":
-                from bundle.quantize import quantize_int8
+                from .serving.quantize import quantize_int8
 
                 path = quantize_int8(path, Path(tmp) / "model.int8.onnx", calibration_slices(size))
             session = OnnxRuntimeNetwork(path, threads=threads)
@@ -196,14 +198,15 @@ def volume_seconds(name: str, image: Path, tmp: Path, repeats: int, checkpoint: 
     overrides = {"input_files": [str(image)], "ckpt_path": str(ckpt), "output_dir": str(out_dir),
                  "network_def": network_def(name, 256), "onnx_path": str(tmp / f"{name}.onnx")}
     if int8:
-        from bundle.inference import serving_network
-        from bundle.quantize import quantize_int8
+        from .checkpoint import load_weights
+        from .serving.backend import export_onnx
+        from .serving.quantize import quantize_int8
 
-        serving_network(build(name, 256), ckpt, "onnx", tmp / f"{name}.onnx")
+        export_onnx(load_weights(build(name, 256), ckpt), tmp / f"{name}.onnx", 256)
         overrides["onnx_path"] = str(quantize_int8(tmp / f"{name}.onnx", tmp / f"{name}.int8.onnx", calibration_slices(256)))
     def workflow_for(files: list[Path]):
-        workflow = ConfigWorkflow(config_file=str(ROOT / "configs/inference.json"), workflow_type="infer",
-                                  meta_file=str(ROOT / "configs/metadata.json"), logging_file=False,
+        workflow = ConfigWorkflow(config_file=located("inference"), workflow_type="infer",
+                                  meta_file=str(ROOT / "configs" / "metadata.json"), logging_file=False,
                                   **{**overrides, "input_files": [str(f) for f in files]})
         workflow.initialize()
         return workflow.parser
@@ -244,7 +247,8 @@ def volume_seconds(name: str, image: Path, tmp: Path, repeats: int, checkpoint: 
     if copies:
         listed = workflow_for(copies)
         listed_seconds = _median_seconds(listed.get_parsed_content("evaluator").run, max(1, repeats // 2), warmup=0)
-    precision = getattr(network, "precision", None)
+    size = int(parser.get_parsed_content("slice_size"))
+    precision = getattr(inferer.served(network, (size, size)), "precision", None)  # what the inferer chose
     return {"model": name, "backend": "torch" if precision is None else "onnx" if precision == "fp32" else f"onnx-{precision}",
             "shape": "x".join(map(str, np.asarray(data["pred"]).shape[1:])),
             "weights": str(checkpoint) if checkpoint else "random",
@@ -286,12 +290,12 @@ def training_steps(device: str, iterations: int = 20, size: int = 96, batch: int
     from ignite.engine import Events
     from torch.utils.data import DataLoader
 
-    from bundle.engine import ComposedLossTrainer
-    from bundle.losses.composite import CompositeLoss, LossTerm
-    from bundle.losses.contrastive import InfoNCEFeatureLoss
-    from bundle.losses.prediction_map import PredictionMapDistillation
-    from bundle.networks import FeatureUNet
-    from bundle.teacher import TeacherCache
+    from .engine import ComposedLossTrainer
+    from .losses.composite import CompositeLoss, LossTerm
+    from .losses.contrastive import InfoNCEFeatureLoss
+    from .losses.prediction_map import PredictionMapDistillation
+    from .networks import FeatureUNet
+    from .teacher import TeacherCache
     from monai.losses import DiceCELoss
 
     g = torch.Generator().manual_seed(0)
@@ -332,7 +336,7 @@ def hardware() -> dict:
     import onnxruntime
     import torch
 
-    from bundle.inference import available_cores
+    from .serving.runtime import available_cores
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -355,7 +359,7 @@ def ratios(report: dict, size: int, backend: str) -> dict:
 
 
 def markdown(report: dict) -> str:
-    from bundle.report import markdown_table
+    from .report import markdown_table
 
     hw = report["hardware"]
     text = [f"Hardware: {hw['cpu']}, {hw['cores_visible']} cores visible, {hw['threads']} threads; torch {hw['torch']}, "
@@ -385,7 +389,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="spleen-kd benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", required=True, help="output JSON; a markdown table is written beside it (.md)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--sizes", nargs="+", type=int, default=[256])
@@ -414,7 +418,8 @@ def main(argv=None) -> dict:
                 report["models"].append(result)
                 print(json.dumps(result), flush=True)
     report["ratios"] = ratios(report, args.sizes[0], "onnx" if "onnx" in args.backends else args.backends[0])
-    from bundle.inference import use_fast_gzip, use_threads
+    from .serving.backend import use_threads
+    from .serving.runtime import use_fast_gzip
 
     use_threads()
     use_fast_gzip()

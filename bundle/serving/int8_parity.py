@@ -1,8 +1,8 @@
 """How much the int8 student loses against fp32: per-volume 3D Dice of both against the labels, and of
 int8 against fp32, through ``configs/inference.json`` (ONNX Runtime fp32, then int8).
 
-    python scripts/int8_parity.py --ckpt demo_out/models/model.pt --datalist demo_out/datalist.json \
-        --split test --slice_size 96 --calibration ../shared/data/totalseg_ct/example_ct.nii.gz
+    python -m bundle.serving.int8_parity --ckpt demo_out/models/model.pt --datalist demo_out/datalist.json \
+        --split test --calibration bundle/data/fixtures/example_ct.nii.gz
 
 The int8 model is calibrated on ``--calibration`` (real CT, never the evaluated volumes).
 """
@@ -15,7 +15,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from ..workflows import config_dir, located
 
 
 def dice(a, b) -> float:
@@ -26,8 +26,8 @@ def dice(a, b) -> float:
 def segment(images: list[str], ckpt: Path, onnx_path: Path, out_dir: Path, slice_size: int) -> None:
     from monai.bundle import ConfigWorkflow
 
-    workflow = ConfigWorkflow(config_file=str(ROOT / "configs/inference.json"), workflow_type="infer",
-                              meta_file=str(ROOT / "configs/metadata.json"), logging_file=False, input_files=images,
+    workflow = ConfigWorkflow(config_file=located("inference"), workflow_type="infer",
+                              meta_file=str(config_dir() / "metadata.json"), logging_file=False, input_files=images,
                               ckpt_path=str(ckpt), onnx_path=str(onnx_path), output_dir=str(out_dir),
                               slice_size=slice_size, backend="onnx")
     workflow.initialize()
@@ -47,7 +47,7 @@ def main(argv=None) -> dict:
     import nibabel as nib
     import numpy as np
 
-    from bundle.quantize import calibration_slices, quantize_int8
+    from .quantize import calibration_slices, quantize_int8
 
     datalist = json.loads(args.datalist.read_text())
     if args.split not in datalist:

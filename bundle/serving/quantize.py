@@ -1,11 +1,11 @@
 """int8 student for ONNX Runtime: static quantization calibrated on real CT slices.
 
-    python -m bundle.quantize --onnx models/model.onnx --out models/model.int8.onnx --images ct1.nii.gz ct2.nii.gz
+    spleen-kd quantize --onnx models/model.onnx --out models/model.int8.onnx --images ct1.nii.gz ct2.nii.gz
     python -m monai.bundle run --config_file configs/inference.json --onnx_path models/model.int8.onnx --input_files ...
 
 Calibration slices go through the preprocessing of ``configs/inference.json`` (orientation, HU
 window, resize), so the activation ranges are those the model meets when it serves. The fp32
-model is the one :func:`bundle.inference.onnx_session` exports from the checkpoint; the int8 model
+model is the one :func:`bundle.serving.backend.onnx_for` exports from the checkpoint; the int8 model
 keeps its source tag, so inference uses it only with that checkpoint.
 """
 
@@ -21,13 +21,11 @@ import numpy as np
 
 from onnxruntime.quantization import CalibrationDataReader
 
-from .inference import ONNX_PRECISION
-
-REPO = Path(__file__).resolve().parents[1]
+from .runtime import ONNX_PRECISION
 
 
 def calibration_slices(images: Sequence[str | os.PathLike], slice_size: int = 256, max_slices: int = 64,
-                       config_file: str | os.PathLike = REPO / "configs" / "inference.json") -> np.ndarray:
+                       config_file: str | os.PathLike | None = None) -> np.ndarray:
     """Up to ``max_slices`` axial slices ``[N, 1, S, S]`` (float32), evenly spread over ``images``,
     preprocessed by the ``preprocessing`` of ``config_file``."""
     from monai.bundle import ConfigParser
@@ -37,8 +35,10 @@ def calibration_slices(images: Sequence[str | os.PathLike], slice_size: int = 25
     for image in images:
         if not Path(image).exists():
             raise FileNotFoundError(f"calibration image '{image}' does not exist.")
+    from ..workflows import located
+
     parser = ConfigParser()
-    parser.read_config(str(config_file))
+    parser.read_config(str(config_file or located("inference")))
     parser["slice_size"] = slice_size
     preprocessing = parser.get_parsed_content("preprocessing", instantiate=True)
     volumes = [np.asarray(preprocessing({"image": str(image)})["image"])[0] for image in images]
@@ -69,7 +69,7 @@ def quantize_int8(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, slice
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 
-    from .files import atomic_open
+    from ..files import atomic_open
 
     source = onnx.load(str(onnx_in))
     metadata = {p.key: p.value for p in source.metadata_props}

@@ -1,0 +1,119 @@
+"""Segment the spleen in CT volumes: NIfTI files, folders of them, DICOM series (a folder of slices).
+
+    spleen-kd segment ct.nii.gz -o masks/                      # masks/ct_seg.nii.gz
+    spleen-kd segment scans/ dicom_series/ -o masks/ --model models/fast/model.pt
+    spleen-kd segment ct.nii.gz -o masks/ --engine monai        # through configs/inference.json
+
+The masks are uint8 NIfTI (1 = spleen) on each input's own grid, named ``<input>_seg.nii.gz`` as
+``configs/inference.json`` names them. The model, its slice size, HU window and orientation come from
+the checkpoint's description (``model.json`` beside it). The default engine, ``light``, needs neither
+MONAI nor PyTorch (ONNX Runtime, numpy, SciPy, nibabel, pydicom) and gives inference.json's masks;
+``monai`` runs inference.json itself. Every volume of a list is attempted: one that cannot be read is
+reported and skipped, and the command ends with a summary (exit status 1 if any volume failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def expand_inputs(paths: list[str]) -> list[str]:
+    """Files as given; a folder holding NIfTI files gives each of them; any other folder is a DICOM series."""
+    found = []
+    for path in paths:
+        folder = Path(path)
+        if folder.is_dir():
+            niftis = sorted(str(p) for p in folder.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
+            found += niftis or [str(folder)]
+        else:
+            found.append(str(path))
+    return found
+
+
+def check_output_folder(out_dir: str | os.PathLike) -> Path:
+    """The output folder, created, before any volume is read: a clear error if it is a file or not writable."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: the output folder '{out}' is a file; give a folder with -o.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise SystemExit(f"error: cannot create the output folder '{out}' ({error.strerror}); give another -o.")
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise SystemExit(f"error: the output folder '{out}' is not writable; give another -o.")
+    return out
+
+
+def segment_with_monai(inputs: list[str], out_dir: Path, ckpt: str | None, overrides: dict) -> None:
+    """``configs/inference.json`` through ``monai.bundle run``, in this process."""
+    from ..workflows import bundle_run, config_files
+
+    extra = {"ckpt_path": str(Path(ckpt).resolve())} if ckpt else {}
+    bundle_run("run", config_files("inference"), input_files=inputs, output_dir=str(out_dir.resolve()),
+               **extra, **overrides)
+
+
+def segment_light(inputs: list[str], out_dir: Path, ckpt: str, threads: int, log=print) -> list[tuple[str, str]]:
+    """Every input through :class:`bundle.serving.light.LightSegmenter`; returns the ``(input, reason)``
+    of those that failed (the others are written)."""
+    from .light import InputError, LightSegmenter, mask_path, read_volume, write_mask
+
+    segmenter = LightSegmenter.for_checkpoint(ckpt, threads=threads)
+    failed = []
+    for source in inputs:
+        start = time.perf_counter()
+        try:
+            volume = read_volume(source)
+            mask = segmenter.segment(volume)
+            path = write_mask(mask, volume.affine, mask_path(volume.source, out_dir))
+        except InputError as error:
+            failed.append((source, str(error)))
+            log(f"refused: {error}")
+            continue
+        log(f"{path} ({int(mask.sum())} spleen voxels, {time.perf_counter() - start:.2f} s)")
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="spleen-kd segment", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", help="NIfTI files, folders of NIfTI files, DICOM series folders")
+    parser.add_argument("-o", "--out", required=True, help="folder for the masks (created if absent)")
+    parser.add_argument("--model", help="checkpoint with its model.json (default: the shipped models/model.pt)")
+    parser.add_argument("--engine", choices=["light", "monai"], default="light",
+                        help="light: ONNX Runtime and numpy only (fast to start); monai: configs/inference.json")
+    parser.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto", help="monai engine only")
+    parser.add_argument("--threads", type=int, default=0, help="0: one per available core")
+    parser.add_argument("--quiet", action="store_true", help="print the summary only")
+    args = parser.parse_args(argv)
+    out = check_output_folder(args.out)
+    inputs = expand_inputs(args.inputs)
+    log = (lambda message: None) if args.quiet else print
+    if args.engine == "monai":
+        segment_with_monai(inputs, out, args.model, {"backend": args.backend, "threads": args.threads})
+        return 0
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    if args.model:
+        ckpt = args.model
+    else:
+        from ..workflows import models_dir
+
+        ckpt = str(models_dir() / "model.pt")
+    try:
+        failed = segment_light(inputs, out, ckpt, args.threads, log)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    written = len(inputs) - len(failed)
+    summary = f"{len(inputs)} volume{'s' if len(inputs) != 1 else ''}: {written} written"
+    if failed:
+        summary += f", {len(failed)} refused: " + "; ".join(f"{Path(s).name} ({why})" for s, why in failed)
+    print(summary)
+    return 1 if failed else 0

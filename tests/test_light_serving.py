@@ -1,0 +1,140 @@
+"""The light serving path (``spleen-kd segment``): no MONAI, no PyTorch, and the masks of configs/inference.json."""
+
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bundle.serving.light import (InputError, LightSegmenter, from_orientation, mask_path, read_dicom_series,
+                                  read_volume, to_orientation)
+from conftest import FITTED_SIZE, bundle_run, config_files
+
+
+def _dice(a, b) -> float:
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
+
+
+@pytest.fixture(scope="module")
+def large_ct(totalseg_dir, tmp_path_factory):
+    """A 512×512×24 CT in LPS voxel order (the real CT upsampled, with noise): the size of clinical slices,
+    another axis order than RAS."""
+    import torch
+    import torch.nn.functional as F
+
+    real = nib.load(totalseg_dir / "example_ct_sm.nii.gz")
+    volume = torch.from_numpy(np.asarray(real.dataobj, dtype=np.float32))[None, None, :, :, ::1]
+    big = F.interpolate(volume, size=(512, 512, 24), mode="trilinear", align_corners=False)[0, 0].numpy()
+    big += np.random.default_rng(0).normal(0, 10, big.shape).astype(np.float32)
+    spacing = np.array(real.header.get_zooms()[:3]) * np.array([122 / 512, 101 / 512, 30 / 24])
+    lps = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    path = tmp_path_factory.mktemp("large") / "large_ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.round(big[::-1, ::-1]).astype(np.int16), lps), path)
+    return path
+
+
+def test_dicom_series_reads_as_monai_reads_it(totalseg_dir):
+    from monai.transforms import LoadImage
+
+    expected = LoadImage(reader="ITKReader", image_only=True)(str(totalseg_dir / "example_ct_dicom"))
+    volume = read_dicom_series(totalseg_dir / "example_ct_dicom")
+    assert volume.array.shape == tuple(expected.shape) == (512, 512, 20)
+    np.testing.assert_allclose(volume.array, np.asarray(expected), atol=1e-3)
+    np.testing.assert_allclose(volume.affine, np.asarray(expected.affine), atol=1e-4)
+
+
+def test_orientation_round_trip_and_monai_agreement(totalseg_dir):
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import Orientation
+
+    rng = np.random.default_rng(0)
+    array = rng.random((5, 6, 7)).astype(np.float32)
+    for affine in (np.diag([-1.0, -2.0, 3.0, 1.0]), np.array([[0, 0, 2, 0], [-1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1.0]])):
+        oriented, transform = to_orientation(array, affine, "RAS")
+        expected = Orientation("RAS")(MetaTensor(torch.from_numpy(array)[None], affine=torch.from_numpy(affine)))
+        np.testing.assert_array_equal(oriented, np.asarray(expected[0]))
+        np.testing.assert_array_equal(from_orientation(oriented, transform), array)
+
+
+@pytest.mark.parametrize("case", ["nifti", "dicom", "large"])
+def test_light_path_gives_the_masks_of_inference_json(case, fitted_student, totalseg_dir, large_ct, tmp_path):
+    """The same model (S1-fast fitted to the real CT, its description says 64² slices) through
+    configs/inference.json and through the light path: the same mask voxel for voxel, the same affine."""
+    _, ckpt, _ = fitted_student
+    source = {"nifti": totalseg_dir / "example_ct_sm.nii.gz", "dicom": totalseg_dir / "example_ct_dicom",
+              "large": large_ct}[case]
+    bundle_run("run", config_files("inference"), input_files=[str(source)], ckpt_path=str(ckpt),
+               output_dir=str(tmp_path / "monai"), onnx_path=str(tmp_path / "model.onnx"))
+    expected = nib.load(mask_path(str(source), tmp_path / "monai"))
+    volume = read_volume(source)
+    mask = LightSegmenter.for_checkpoint(ckpt).segment(volume)
+    reference = np.asarray(expected.dataobj)
+    assert mask.shape == reference.shape and mask.dtype == np.uint8
+    assert 0 < reference.sum() < reference.size / 2, "the reference mask must be a real segmentation"
+    differing = int((mask != reference).sum())
+    # float rounding of the resize (SciPy's and PyTorch's sparse products sum in another order) may flip
+    # a voxel whose probability is within 1e-6 of the threshold; none did on these volumes
+    assert differing == 0 or _dice(mask > 0, reference > 0) >= 0.999, differing
+    np.testing.assert_allclose(volume.affine, expected.affine, atol=1e-5)
+
+
+def test_segment_command_imports_neither_monai_nor_torch(fitted_student, totalseg_dir, tmp_path):
+    _, ckpt, _ = fitted_student
+    code = ("import sys; from bundle.cli import main; "
+            f"code = main(['segment', {str(totalseg_dir / 'example_ct_sm.nii.gz')!r}, '-o', {str(tmp_path)!r}, "
+            f"'--model', {str(ckpt)!r}, '--quiet']); "
+            "print(code, 'torch' in sys.modules, 'monai' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "0 False False"
+    assert (tmp_path / "example_ct_sm_seg.nii.gz").is_file()
+
+
+def test_a_bad_volume_in_a_list_is_reported_and_the_others_are_written(fitted_student, totalseg_dir, tmp_path):
+    from bundle.cli import main
+
+    _, ckpt, _ = fitted_student
+    text = tmp_path / "inputs" / "notes.nii.gz"
+    text.parent.mkdir()
+    text.write_text("not an image")
+    second = tmp_path / "inputs" / "second.nii.gz"
+    second.write_bytes((totalseg_dir / "example_ct_sm.nii.gz").read_bytes())
+    good = str(totalseg_dir / "example_ct_sm.nii.gz")
+    code = main(["segment", good, str(text), str(second), "-o", str(tmp_path / "out"), "--model", str(ckpt)])
+    assert code == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["example_ct_sm_seg.nii.gz", "second_seg.nii.gz"]
+
+
+def test_output_folder_that_is_a_file_is_refused_before_any_volume_is_read(fitted_student, totalseg_dir, tmp_path):
+    from bundle.cli import main
+
+    blocker = tmp_path / "masks"
+    blocker.write_text("")
+    with pytest.raises(SystemExit, match="output folder .*masks' is a file"):
+        main(["segment", str(tmp_path / "absent.nii.gz"), "-o", str(blocker), "--model", str(fitted_student[1])])
+
+
+def test_a_missing_onnx_model_is_refused_with_the_export_command(fitted_student, tmp_path):
+    import shutil
+
+    from bundle.serving import model_info
+
+    _, ckpt, _ = fitted_student
+    lonely = tmp_path / "model.pt"
+    shutil.copy(ckpt, lonely)
+    shutil.copy(ckpt.with_suffix(".json"), lonely.with_suffix(".json"))
+    with pytest.raises(FileNotFoundError, match="spleen-kd export --ckpt .*model.pt"):
+        LightSegmenter.for_checkpoint(lonely)
+    assert model_info.read(lonely)["slice_size"] == FITTED_SIZE
+
+
+def test_an_unreadable_nifti_is_an_input_error(tmp_path):
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"\x1f\x8b" + b"0" * 100)
+    with pytest.raises(InputError, match="broken.nii.gz"):
+        read_volume(broken)
+    with pytest.raises(InputError, match="does not exist"):
+        read_volume(tmp_path / "absent.nii.gz")
