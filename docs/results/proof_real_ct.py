@@ -4,11 +4,10 @@
 
 WT: a worktree of commit cb1e09b (the configs the phantom grid was trained with) holding the grid's
 output in WT/runs/proof; run with PYTHONPATH=WT so that its `bundle` package serves its configs.
-Scoring is scripts/evaluate_real.py's evaluate_model, as `evaluate_real.py --grid` does for grids
-trained with the current configs.
+Scoring is bundle.evaluation's evaluate_model (then scripts/evaluate_real.py), as `spleen-kd evaluate --real
+--grid` does for grids trained with the current configs.
 """
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -21,9 +20,7 @@ parser.add_argument("--worktree", required=True)
 parser.add_argument("--out", required=True)
 args = parser.parse_args()
 out_file = Path(args.out).resolve()
-spec = importlib.util.spec_from_file_location("evaluate_real", Path(__file__).resolve().parents[2] / "scripts/evaluate_real.py")
-evaluate_real = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(evaluate_real)
+from bundle import evaluation
 os.chdir(args.worktree)  # its configs link each other by paths relative to it
 grid = Path("runs/proof").resolve()
 teacher_def = json.loads(Path("configs/demo.json").read_text())["teacher_def"]
@@ -33,9 +30,9 @@ for marker in sorted(grid.glob("stages/*/train.json")):
     if not name.startswith(ARMS):
         continue
     trained = json.loads(marker.read_text())
-    per = evaluate_real.evaluate_model(teacher_def if name.startswith("teacher") else None, grid / "models" / name / "model.pt",
+    per = evaluation.evaluate_model(teacher_def if name.startswith("teacher") else None, grid / "models" / name / "model.pt",
                                        [*trained["config_files"], "configs/evaluate.json"], overrides=trained["overrides"])
-    runs[name] = {"mean_dice": evaluate_real._summarised(per)["mean_dice"], "subjects": {s: r["dice"] for s, r in per.items()}}
+    runs[name] = {"mean_dice": evaluation.summarised(per)["mean_dice"], "subjects": {s: r["dice"] for s, r in per.items()}}
     print(name, runs[name], flush=True)
 configs = {}
 for name, result in runs.items():
