@@ -4,16 +4,18 @@
 
 Writes one JSON (schema below) and a markdown table beside it (``.md``), and prints the table.
 
-    {"schema": 2,
+    {"schema": 3, "repeats",
      "hardware": {"cpu", "cores_visible", "threads", "torch", "onnxruntime", "monai", "gpu",
                   "load_average_before", "load_average_after"},
      "models": [{"model", "backend", "device", "size", "batch", "params", "flops_per_slice",
                  "slices_per_s", "peak_rss_mb"}],          # one row per model × backend × size
      "volume": {"<model>[ int8]": {"backend", "shape", "weights", "foreground_fraction", "total_s",
                                     "stages_s": {"read", "preprocess", "model", "invert", "postprocess", "write"},
-                                    "list": {"volumes", "num_workers", "per_volume_s"}}},
+                                    "list": {"volumes", "num_workers", "per_volume_s"},
+                                    "light": {"engine", "per_volume_s"}}},   # students: spleen-kd segment's path
      "ratios": {"S1/T1", "S1-fast/T1", "backend", "size", "basis"},   # same backend, same run
-     "cli": {"<student>": {"command", "runs", "wall_s", "user_s", "sys_s", "import_monai_s"}},   # with --cli
+     "cli": {"<student>": {"runs", "light": {"command", "wall_s", "user_s", "sys_s"}, "monai": {...},
+                           "monai_over_light", "import_monai_s"}},   # with --cli: the two commands in turn
      "training": [...]}                                               # unless --no_training
 
 Backends: ``torch`` (eager, ``no_grad``), ``onnx`` (ONNX Runtime fp32, what ``inference.json`` uses on
@@ -258,30 +260,74 @@ def volume_seconds(name: str, image: Path, tmp: Path, repeats: int, checkpoint: 
                      "per_volume_s": listed_seconds / list_volumes} if copies else None}
 
 
-def cli_seconds(name: str, image: Path, ckpt: Path, onnx: Path, out_dir: Path, repeats: int) -> dict:
-    """Wall, user and system seconds of the one-volume command a user types (fresh process each time)."""
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-               "--input_files", str(image), "--ckpt_path", str(ckpt), "--output_dir", str(out_dir),
-               "--onnx_path", str(onnx), "--network_def", json.dumps(network_def(name, 256))]
-    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)  # exports the ONNX model once
-    walls, users, systems = [], [], []
+def served_copy(name: str, ckpt: Path, out: Path, slice_size: int = 256) -> Path:
+    """``ckpt`` with its ``model.json`` and ONNX export in ``out``, as the shipped model lies in ``models/``:
+    what ``spleen-kd segment --model`` reads."""
+    import shutil
+
+    from .checkpoint import load_weights
+    from .serving import model_info
+    from .serving.backend import export_onnx
+
+    out.mkdir(parents=True, exist_ok=True)
+    served = out / "model.pt"
+    shutil.copyfile(ckpt, served)
+    network = load_weights(build(name, slice_size), served)
+    model_info.write(served, network, slice_size=slice_size)
+    info = model_info.read(served)
+    export_onnx(network, served.with_suffix(".onnx"), slice_size, description=info)
+    return served
+
+
+def _timed(command: list[str]) -> tuple[float, float, float]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+
+
+def cli_seconds(name: str, image: Path, ckpt: Path, out_dir: Path, repeats: int) -> dict:
+    """The one-volume commands a user types, each in a fresh process, run in turn (A B A B ...) so that the
+    ratio holds when the machine's speed drifts: ``spleen-kd segment`` (the light path) and
+    ``monai.bundle run`` with ``configs/inference.json``, on the same weights, ONNX model and volume."""
+    served = served_copy(name, ckpt, out_dir / f"{name}-model")
+    light = [sys.executable, "-m", "bundle.cli", "segment", str(image), "-o", str(out_dir / "light"), "--model",
+             str(served), "--quiet"]
+    monai = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+             "--input_files", str(image), "--ckpt_path", str(served), "--output_dir", str(out_dir / "monai")]
+    subprocess.run(light, cwd=ROOT, check=True, capture_output=True)  # warm the file cache
+    subprocess.run(monai, cwd=ROOT, check=True, capture_output=True)
+    runs = {"light": [], "monai": []}
     for _ in range(repeats):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        subprocess.run(command, cwd=ROOT, check=True, capture_output=True)
-        walls.append(time.perf_counter() - start)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        users.append(after.ru_utime - before.ru_utime)
-        systems.append(after.ru_stime - before.ru_stime)
-    imports = []
-    for _ in range(repeats):  # the floor no bundle setting can lower: MONAI imports all its packages
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import monai"], cwd=ROOT, check=True, capture_output=True)
-        imports.append(time.perf_counter() - start)
-    shown = (f"python -m monai.bundle run --config_file configs/inference.json --input_files {image.name}"
-             + ("" if name == "S1" else f" --network_def <{name}>"))
-    return {"command": shown, "runs": repeats, "wall_s": statistics.median(walls), "user_s": statistics.median(users),
-            "sys_s": statistics.median(systems), "import_monai_s": statistics.median(imports)}
+        runs["light"].append(_timed(light))
+        runs["monai"].append(_timed(monai))
+    imports = [_timed([sys.executable, "-c", "import monai"])[0] for _ in range(repeats)]
+    median = lambda rows, i: statistics.median(r[i] for r in rows)  # noqa: E731
+    return {"runs": repeats,
+            "light": {"command": f"spleen-kd segment {image.name} -o masks/ --model <{name}>",
+                      "wall_s": median(runs["light"], 0), "user_s": median(runs["light"], 1),
+                      "sys_s": median(runs["light"], 2)},
+            "monai": {"command": f"python -m monai.bundle run --config_file configs/inference.json --input_files "
+                                 f"{image.name} --ckpt_path <{name}>",
+                      "wall_s": median(runs["monai"], 0), "user_s": median(runs["monai"], 1),
+                      "sys_s": median(runs["monai"], 2)},
+            "monai_over_light": statistics.median(m[0] / l[0] for m, l in zip(runs["monai"], runs["light"])),
+            "import_monai_s": statistics.median(imports)}
+
+
+def light_volume_seconds(name: str, image: Path, ckpt: Path, out_dir: Path, repeats: int) -> dict:
+    """Seconds per volume of the light path in a process that has loaded the model (a list of files)."""
+    from .serving.light import LightSegmenter, mask_path, read_volume, write_mask
+
+    segmenter = LightSegmenter.for_checkpoint(served_copy(name, ckpt, out_dir / f"{name}-loaded"))
+
+    def one():
+        volume = read_volume(str(image))
+        write_mask(segmenter.segment(volume), volume.affine, mask_path(volume.source, out_dir))
+
+    return {"engine": "light", "per_volume_s": _median_seconds(one, repeats)}
 
 
 def training_steps(device: str, iterations: int = 20, size: int = 96, batch: int = 16) -> dict:
@@ -376,10 +422,17 @@ def markdown(report: dict) -> str:
              f"{v['list']['per_volume_s']:.2f}" if v["list"] else "", f"{v['foreground_fraction']:.3f}"] for name, v in report["volume"].items()]
     text.append(markdown_table(["model", "backend", "volume", "total s", *STAGES, "s/volume in a list of 4",
                                 "mask fraction"], rows))
+    for name, v in report["volume"].items():
+        if "light" in v:
+            text += ["", f"{name}, light path (`spleen-kd segment`) in a loaded process: {v['light']['per_volume_s']:.2f} s "
+                         f"per volume (read, segment, write; median of {report.get('repeats', 'several')})."]
     for name, cli in report.get("cli", {}).items():
-        text += ["", f"`{cli['command']}` ({name}, fresh process): {cli['wall_s']:.2f} s wall, {cli['user_s']:.2f} s "
-                     f"user, {cli['sys_s']:.2f} s system (median of {cli['runs']}); `python -c \"import monai\"` alone, "
-                     f"right after: {cli['import_monai_s']:.2f} s wall."]
+        for engine in ("light", "monai"):
+            run = cli[engine]
+            text += ["", f"`{run['command']}` ({name}, fresh process): {run['wall_s']:.2f} s wall, {run['user_s']:.2f} s "
+                         f"user, {run['sys_s']:.2f} s system (median of {cli['runs']})."]
+        text += [f"MONAI path / light path, wall, pair by pair: {cli['monai_over_light']:.1f}×; `python -c \"import "
+                 f"monai\"` alone: {cli['import_monai_s']:.2f} s wall."]
     for t in report.get("training", []):
         text += ["", f"Training step ({t['device']}, {t['slice_size']}², batch {t['batch']}): student "
                      f"{t['student_it_per_s']:.2f} it/s, KD {t['kd_it_per_s']:.2f} it/s "
@@ -407,7 +460,7 @@ def main(argv=None) -> dict:
 
     import torch
 
-    report = {"schema": 2, "hardware": hardware(), "models": [], "volume": {}}
+    report = {"schema": 3, "hardware": hardware(), "repeats": args.repeats, "models": [], "volume": {}}
     backends = list(args.backends) + (["torch-cuda", "torch-amp-cuda"] if torch.cuda.is_available() else [])
     for size in args.sizes:
         for name in args.models:
@@ -433,11 +486,17 @@ def main(argv=None) -> dict:
             for name in [n for n in args.volume_models if n in STUDENTS]:
                 report["volume"][f"{name} int8"] = volume_seconds(name, image, tmp, args.repeats, checkpoints.get(name), True)
                 print(json.dumps(report["volume"][f"{name} int8"]), flush=True)
+        for name in [n for n in args.volume_models if n in STUDENTS]:
+            light = _in_child(light_volume_seconds, name, image, weights_file(name, checkpoints.get(name), tmp),
+                              tmp / "out-light", args.repeats)
+            report["volume"][name]["light"] = light
+            print(json.dumps({name: light}), flush=True)
         if args.cli:
             report["cli"] = {}
             for name in ("S1", "S1-fast"):
                 report["cli"][name] = cli_seconds(name, image, weights_file(name, checkpoints.get(name), tmp),
-                                                  tmp / f"{name}-cli.onnx", tmp / "out-cli", max(1, args.repeats // 2))
+                                                  tmp / "out-cli", max(1, args.repeats // 2))
+                print(json.dumps(report["cli"][name]), flush=True)
     if not args.no_training:
         report["training"] = [training_steps(device) for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])]
     report["hardware"]["load_average_after"] = list(os.getloadavg())

@@ -9,7 +9,7 @@ def test_benchmark_writes_the_documented_schema(tmp_path, request):
     out = tmp_path / "bench.json"
     subprocess.run([sys.executable, "-m", "bundle.cli", "benchmark", "--json", str(out),
                     "--models", "S1", "T1", "--backends", "onnx", "--sizes", "64", "--repeats", "1",
-                    "--volume_models", "S1-fast", "--volume_shape", "96", "96", "6", "--no_training"],
+                    "--volume_models", "S1-fast", "--volume_shape", "96", "96", "6", "--no_training", "--cli"],
                    cwd=tmp_path, check=True, capture_output=True)  # from any directory
     report = json.loads(out.read_text())
     assert {"cpu", "cores_visible", "threads", "torch", "onnxruntime", "load_average_before",
@@ -30,5 +30,10 @@ def test_benchmark_writes_the_documented_schema(tmp_path, request):
     assert all(v >= 0 for v in volume["stages_s"].values()) and volume["total_s"] > 0
     assert volume["list"]["volumes"] == 4 and volume["list"]["per_volume_s"] > 0
     assert volume["list"]["num_workers"] == 0  # read in the main process: a worker was slower on 2 cores
+    assert volume["light"]["engine"] == "light" and volume["light"]["per_volume_s"] > 0
+    for name in ("S1", "S1-fast"):  # the two one-volume commands, timed in turn
+        cli = report["cli"][name]
+        assert cli["light"]["command"].startswith("spleen-kd segment") and "monai.bundle" in cli["monai"]["command"]
+        assert cli["light"]["wall_s"] > 0 and cli["monai"]["wall_s"] > 0 and cli["monai_over_light"] > 0
     table = out.with_suffix(".md").read_text()
-    assert "S1/T1" in table and "Load average" in table
+    assert "S1/T1" in table and "Load average" in table and "light path" in table
