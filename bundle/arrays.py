@@ -111,3 +111,32 @@ def keep_largest_component(mask: np.ndarray) -> np.ndarray:
     kept = mask.copy()
     kept[box][labels != np.argmax(sizes)] = 0
     return kept
+
+
+NO_SPLEEN_LOGIT = -30.0  # the logit given to slices the located pass skips: probability ~1e-13
+
+
+def located_logits(depth: int, run, threshold: float, stride: int = 4):
+    """Logits of ``depth`` axial slices computed only where the spleen can be: ``run(indices)`` returns the
+    network's logits for those slices (first axis: slice; numpy or torch). A first pass on every
+    ``stride``-th slice finds the slices with a voxel at or above ``threshold`` (a probability); the
+    slices from ``stride`` before the first to ``stride`` after the last of them are then segmented,
+    and the others get :data:`NO_SPLEEN_LOGIT`. A spleen that no sampled slice shows (thinner than
+    ``stride`` slices) leaves the first pass empty, and every slice is segmented. The network is 2D, so
+    the slices it runs on get exactly the logits of a full pass. Returns ``(logits, slices run)``."""
+    coarse = np.arange(0, depth, stride)
+    first = run(coarse)
+    logits = first.new_full((depth, *first.shape[1:]), NO_SPLEEN_LOGIT) if hasattr(first, "new_full") else \
+        np.full((depth, *first.shape[1:]), NO_SPLEEN_LOGIT, dtype=first.dtype)
+    logits[coarse] = first
+    cut = float(np.log(threshold / (1.0 - threshold))) if 0.0 < threshold < 1.0 else 0.0
+    flags = (first.reshape(len(coarse), -1) >= cut).any(1)
+    positive = np.flatnonzero(flags.cpu().numpy() if hasattr(flags, "cpu") else flags)
+    if len(positive):
+        low, high = max(0, coarse[positive[0]] - stride + 1), min(depth, coarse[positive[-1]] + stride)
+    else:
+        low, high = 0, depth
+    rest = np.setdiff1d(np.arange(low, high), coarse)
+    if len(rest):
+        logits[rest] = run(rest)
+    return logits, len(coarse) + len(rest)

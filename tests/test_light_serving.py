@@ -138,3 +138,57 @@ def test_an_unreadable_nifti_is_an_input_error(tmp_path):
         read_volume(broken)
     with pytest.raises(InputError, match="does not exist"):
         read_volume(tmp_path / "absent.nii.gz")
+
+
+def _slab_logits(depth: int, spleen: slice) -> np.ndarray:
+    logits = np.full((depth, 1, 3, 3), -4.0, dtype=np.float32)
+    logits[spleen, 0, 1, 1] = 3.0  # one confident voxel per spleen slice
+    return logits
+
+
+@pytest.mark.parametrize("tensor", [False, True], ids=["numpy", "torch"])
+def test_located_pass_runs_the_slab_and_gives_its_slices_the_full_pass_logits(tensor):
+    import torch
+
+    from bundle.arrays import NO_SPLEEN_LOGIT, located_logits
+
+    truth = _slab_logits(40, slice(10, 18))
+    source = torch.from_numpy(truth) if tensor else truth
+    seen = []
+
+    def run(index):
+        seen.extend(int(i) for i in index)
+        return source[torch.as_tensor(index)] if tensor else source[index]
+
+    logits, count = located_logits(40, run, threshold=0.5, stride=4)
+    logits = logits.numpy() if tensor else logits
+    # first pass: 0, 4, ..., 36; spleen seen at 12 and 16; slab 9..19 (the slices a spleen seen there may reach)
+    assert count == len(seen) == len(set(seen)) == 10 + 9
+    ran = sorted(set(range(0, 40, 4)) | set(range(9, 20)))
+    np.testing.assert_array_equal(logits[ran], truth[ran])
+    skipped = sorted(set(range(40)) - set(ran))
+    assert (logits[skipped] == NO_SPLEEN_LOGIT).all()
+
+
+def test_located_pass_segments_every_slice_when_the_first_pass_sees_no_spleen():
+    from bundle.arrays import located_logits
+
+    truth = _slab_logits(40, slice(13, 15))  # two slices, between the first pass's samples
+    logits, count = located_logits(40, lambda i: truth[i], threshold=0.5, stride=4)
+    assert count == 40
+    np.testing.assert_array_equal(logits, truth)
+
+
+@pytest.mark.parametrize("engine", ["light", "monai"])
+def test_located_and_whole_volume_masks_agree_on_the_real_ct(engine, fitted_student, totalseg_dir, large_ct, tmp_path):
+    from bundle.serving.segment import main
+
+    _, ckpt, _ = fitted_student
+    sources = [str(totalseg_dir / "example_ct_sm.nii.gz"), str(totalseg_dir / "example_ct_dicom"), str(large_ct)]
+    for mode, flags in (("located", []), ("whole", ["--whole_volume"])):
+        assert main([*sources, "-o", str(tmp_path / mode), "--model", str(ckpt), "--engine", engine, "--quiet",
+                     *flags]) == 0
+    for source in sources:
+        located = np.asarray(nib.load(mask_path(source, tmp_path / "located")).dataobj)
+        whole = np.asarray(nib.load(mask_path(source, tmp_path / "whole")).dataobj)
+        assert whole.any() and _dice(located > 0, whole > 0) >= 0.99, source

@@ -23,6 +23,7 @@ from monai.inferers import Inferer
 from monai.utils import convert_to_dst_type, convert_to_tensor
 from torch import nn
 
+from ..arrays import located_logits
 from ..checkpoint import load_weights
 from .runtime import ONNX_DESCRIPTION, ONNX_KEY, OnnxModel, available_cores, process_settings
 
@@ -157,12 +158,13 @@ class AxialSliceInferer(Inferer):
     """
 
     def __init__(self, batch_size: int = 16, backend: str = "auto", threads: int = 0,
-                 onnx_path: str | os.PathLike | None = None):
+                 onnx_path: str | os.PathLike | None = None, locate_threshold: float | None = None):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         resolve_backend(backend)  # a clear error for an unknown name, at construction
         self.batch_size, self.backend, self.threads, self.onnx_path = batch_size, backend, threads, onnx_path
+        self.locate_threshold = locate_threshold  # set: segment only the located slab (arrays.located_logits)
         self._served: tuple[str, nn.Module] | None = None  # (weights_key, session) last exported
         self._process: tuple[int, str] | None = None
 
@@ -194,6 +196,14 @@ class AxialSliceInferer(Inferer):
                                  f"{self.backend}); {process}")
         return self._served[1]
 
+    def _run(self, network, slices: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        outputs = [network(slices[i:i + self.batch_size].contiguous(), *args, **kwargs)
+                   for i in range(0, slices.shape[0], self.batch_size)]
+        if not all(isinstance(out, torch.Tensor) for out in outputs):
+            raise TypeError("AxialSliceInferer needs a network that returns one tensor; wrap multi-output networks "
+                            "in bundle.networks.SelectOutputs or use monai.inferers.SliceInferer.")
+        return torch.cat(outputs)
+
     def _log(self, message: str) -> None:
         """Log the backend when the choice changes (not for every volume)."""
         if message != getattr(self, "_logged", None):
@@ -205,12 +215,13 @@ class AxialSliceInferer(Inferer):
             raise ValueError(f"AxialSliceInferer expects [B, C, H, W, D] volumes, got shape {tuple(inputs.shape)}.")
         batch, channels, height, width, depth = inputs.shape
         network = self.served(network, (height, width))
-        slices = convert_to_tensor(inputs, track_meta=False).permute(0, 4, 1, 2, 3).reshape(batch * depth, channels, height, width)
-        outputs = [network(slices[i:i + self.batch_size].contiguous(), *args, **kwargs)
-                   for i in range(0, slices.shape[0], self.batch_size)]
-        if not all(isinstance(out, torch.Tensor) for out in outputs):
-            raise TypeError("AxialSliceInferer needs a network that returns one tensor; wrap multi-output networks "
-                            "in bundle.networks.SelectOutputs or use monai.inferers.SliceInferer.")
-        logits = torch.cat(outputs)
-        logits = logits.reshape(batch, depth, *logits.shape[1:]).permute(0, 2, 3, 4, 1)
+        volumes = convert_to_tensor(inputs, track_meta=False).permute(0, 4, 1, 2, 3)  # [B, D, C, H, W]
+        per_volume = []
+        for slices in volumes:
+            if self.locate_threshold is None:
+                per_volume.append(self._run(network, slices, *args, **kwargs))
+            else:
+                run = lambda index: self._run(network, slices[torch.as_tensor(index)], *args, **kwargs)  # noqa: E731
+                per_volume.append(located_logits(depth, run, self.locate_threshold)[0])
+        logits = torch.stack(per_volume).permute(0, 2, 3, 4, 1)  # [B, C, H, W, D]
         return convert_to_dst_type(logits, inputs)[0]

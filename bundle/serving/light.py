@@ -116,16 +116,17 @@ def from_orientation(array: np.ndarray, transform: np.ndarray) -> np.ndarray:
 class LightSegmenter:
     """Segments volumes with an ONNX model and the preprocessing its checkpoint was trained with."""
 
-    def __init__(self, onnx_path: str | os.PathLike, info: dict, threads: int = 0, batch_size: int = 8):
+    def __init__(self, onnx_path: str | os.PathLike, info: dict, threads: int = 0, batch_size: int = 8,
+                 locate: bool = True):
         self.model = OnnxModel(onnx_path, threads)
-        self.info, self.batch_size = info, batch_size
+        self.info, self.batch_size, self.locate = info, batch_size, locate
         self.process = process_settings()
         logger.info("light path: onnxruntime %s (%s), %d threads, model '%s'; %s", self.model.version,
                     self.model.precision, self.model.threads, self.model.path, self.process)
 
     @classmethod
     def for_checkpoint(cls, ckpt_path: str | os.PathLike, onnx_path: str | os.PathLike | None = None,
-                       threads: int = 0) -> LightSegmenter:
+                       threads: int = 0, locate: bool = True) -> LightSegmenter:
         """The ONNX model exported from ``ckpt_path`` (``model.onnx`` beside it by default), refused when the
         description says it comes from other weights: the light path cannot export (it has no PyTorch)."""
         ckpt_path = Path(ckpt_path)
@@ -134,7 +135,7 @@ class LightSegmenter:
         if not onnx_path.is_file():
             raise FileNotFoundError(f"no ONNX model at '{onnx_path}': export it with `spleen-kd export --ckpt "
                                     f"{ckpt_path}`, or segment with --engine monai, which exports it.")
-        segmenter = cls(onnx_path, info, threads)
+        segmenter = cls(onnx_path, info, threads, locate=locate)
         expected = info.get("onnx_key")
         if ckpt_path.is_file() and expected and segmenter.model.metadata.get(ONNX_KEY) != expected:
             raise ValueError(f"the ONNX model '{onnx_path}' was not exported from '{ckpt_path}': export it again "
@@ -163,7 +164,11 @@ class LightSegmenter:
             raise InputError("the model was trained on resampled voxels (pixdim); the light path does not "
                              "resample: segment with --engine monai.")
         slices, transform, oriented_shape = self.network_input(volume)
-        logits = self.logits(slices)[:, 0]  # [D, S, S]
+        if self.locate:  # only the slab where the spleen can be (arrays.located_logits)
+            logits = arrays.located_logits(len(slices), lambda i: self.logits(slices[i]), self.info["threshold"])[0]
+        else:
+            logits = self.logits(slices)
+        logits = logits[:, 0]  # [D, S, S]
         probability = 1.0 / (1.0 + np.exp(-np.moveaxis(logits, 0, 2)))  # [S, S, D]
         restored = arrays.resize(probability.astype(np.float32), oriented_shape, [0.0, 0.0, 0.0])
         mask = (restored >= self.info["threshold"]).astype(np.uint8)

@@ -60,12 +60,13 @@ def segment_with_monai(inputs: list[str], out_dir: Path, ckpt: str | None, overr
                **extra, **overrides)
 
 
-def segment_light(inputs: list[str], out_dir: Path, ckpt: str, threads: int, log=print) -> list[tuple[str, str]]:
+def segment_light(inputs: list[str], out_dir: Path, ckpt: str, threads: int, log=print,
+                  locate: bool = True) -> list[tuple[str, str]]:
     """Every input through :class:`bundle.serving.light.LightSegmenter`; returns the ``(input, reason)``
     of those that failed (the others are written)."""
     from .light import InputError, LightSegmenter, mask_path, read_volume, write_mask
 
-    segmenter = LightSegmenter.for_checkpoint(ckpt, threads=threads)
+    segmenter = LightSegmenter.for_checkpoint(ckpt, threads=threads, locate=locate)
     failed = []
     for source in inputs:
         start = time.perf_counter()
@@ -91,13 +92,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="light: ONNX Runtime and numpy only (fast to start); monai: configs/inference.json")
     parser.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto", help="monai engine only")
     parser.add_argument("--threads", type=int, default=0, help="0: one per available core")
+    parser.add_argument("--whole_volume", action="store_true",
+                        help="run the network on every slice (default: a first pass on every 4th slice locates the "
+                             "spleen's slab, and only that slab is segmented; slices the network sees are the same)")
     parser.add_argument("--quiet", action="store_true", help="print the summary only")
     args = parser.parse_args(argv)
     out = check_output_folder(args.out)
     inputs = expand_inputs(args.inputs)
     log = (lambda message: None) if args.quiet else print
     if args.engine == "monai":
-        segment_with_monai(inputs, out, args.model, {"backend": args.backend, "threads": args.threads})
+        segment_with_monai(inputs, out, args.model, {"backend": args.backend, "threads": args.threads,
+                                                     "locate": not args.whole_volume})
         return 0
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     if args.model:
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
         ckpt = str(models_dir() / "model.pt")
     try:
-        failed = segment_light(inputs, out, ckpt, args.threads, log)
+        failed = segment_light(inputs, out, ckpt, args.threads, log, locate=not args.whole_volume)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
