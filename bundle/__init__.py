@@ -23,3 +23,18 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(list(globals()) + list(_SUBMODULES))
+
+
+def submodules_on_first_use(package: str):
+    """A package's ``__getattr__`` that imports ``package.<name>`` on first use, so that
+    ``bundle.<package>.<module>`` works in config expressions; a missing name stays an AttributeError."""
+
+    def getattr_(name: str):
+        try:
+            return importlib.import_module(f"{package}.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"{package}.{name}":
+                raise
+            raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
+
+    return getattr_

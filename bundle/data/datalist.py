@@ -35,6 +35,20 @@ class DataError(ValueError):
     """A problem with the input data; the message names the file or key and says what to do."""
 
 
+def claim_dataset_folder(out: Path, name: str, what: str) -> None:
+    """Refuse to write a generated dataset into a folder whose ``dataset.json`` describes another one."""
+    description_path = out / "dataset.json"
+    if not description_path.is_file():
+        return
+    try:
+        existing_name = json.loads(description_path.read_text()).get("name")
+    except (json.JSONDecodeError, AttributeError):
+        existing_name = None
+    if existing_name != name:
+        raise DataError(f"'{description_path}' describes another dataset ({existing_name!r}); write {what} "
+                        "into an empty folder instead (`--out`).")
+
+
 def _source_file(dataset_dir: str | os.PathLike | None, datalist: str | os.PathLike | None) -> Path:
     """The JSON that lists the pairs: ``dataset_dir/dataset.json`` or the user's datalist."""
     if datalist is not None:

@@ -158,18 +158,10 @@ def make_phantom_dataset(out_dir: str | os.PathLike, cases: int = 16, seed: int 
     Case ``i`` depends only on ``(seed, i)``: more cases with the same seed keep the first ones.
     Refuses to write into a folder holding another dataset, whose files it could overwrite.
     """
-    from .datalist import DataError
+    from .datalist import claim_dataset_folder
 
     out = Path(out_dir)
-    description_path = out / "dataset.json"
-    if description_path.is_file():
-        try:
-            existing_name = json.loads(description_path.read_text()).get("name")
-        except (json.JSONDecodeError, AttributeError):
-            existing_name = None
-        if existing_name != PHANTOM_DATASET_NAME:
-            raise DataError(f"'{description_path}' describes another dataset ({existing_name!r}); write phantoms "
-                            "into an empty folder instead (`--out`).")
+    claim_dataset_folder(out, PHANTOM_DATASET_NAME, "phantoms")
     (out / "imagesTr").mkdir(parents=True, exist_ok=True)
     (out / "labelsTr").mkdir(parents=True, exist_ok=True)
     training = []
@@ -196,5 +188,6 @@ def make_phantom_dataset(out_dir: str | os.PathLike, cases: int = 16, seed: int 
         "training": training,
         "test": [],
     }
+    description_path = out / "dataset.json"
     atomic_write_text(description_path, json.dumps(description, indent=2))
     return description_path

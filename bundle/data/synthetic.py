@@ -693,18 +693,10 @@ def make_synthetic_dataset(out_dir: str | os.PathLike, cases: int = 16, seed: in
     last) and return the path of ``dataset.json``. Case ``i`` uses source ``i % len(sources)`` and depends
     only on ``(seed, i)``, the sources and the options. Refuses a folder that holds another dataset; a case
     whose two files exist is not made again (an interrupted run resumes)."""
-    from .datalist import DataError
+    from .datalist import DataError, claim_dataset_folder
 
     out = Path(out_dir)
-    description_path = out / "dataset.json"
-    if description_path.is_file():
-        try:
-            existing_name = json.loads(description_path.read_text()).get("name")
-        except (json.JSONDecodeError, AttributeError):
-            existing_name = None
-        if existing_name != SYNTHETIC_DATASET_NAME:
-            raise DataError(f"'{description_path}' describes another dataset ({existing_name!r}); write synthetic "
-                            "CT into an empty folder instead (`--out`).")
+    claim_dataset_folder(out, SYNTHETIC_DATASET_NAME, "synthetic")
     sources = [str(s) for s in sources]
     for source in sources:
         if not Path(source).is_file():
@@ -756,6 +748,7 @@ def make_synthetic_dataset(out_dir: str | os.PathLike, cases: int = 16, seed: in
         "training": training,
         "test": [],
     }
+    description_path = out / "dataset.json"
     atomic_write_text(description_path, json.dumps(description, indent=2))
     return description_path
 
