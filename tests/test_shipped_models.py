@@ -1,0 +1,67 @@
+"""The shipped weights (``models/``): described, loadable where the workflows load them, and still segmenting
+the two real CT fixtures. The fixtures are a regression test, not the evaluation (``docs/README.md``): a
+change to preprocessing, inference or the weights that breaks real-CT performance fails here."""
+import json
+
+import nibabel as nib
+import numpy as np
+import onnx
+import pytest
+
+from bundle.data.assets import REAL_CASES
+from bundle.evaluation import dice, evaluate_checkpoint
+from bundle.serving import model_info
+from bundle.serving.runtime import ONNX_DESCRIPTION, ONNX_KEY
+from bundle.workflows import bundle_root, models_dir
+
+# Dice on each real fixture. The shipped student scores 0.632 (example_ct_sm) and 0.827 (DICOM series),
+# below the 0.80 it should keep on each (docs/README.md); the floor guards what it has against regressions.
+FLOOR = 0.60
+
+STUDENT = models_dir() / "model.pt"
+TEACHER = models_dir() / "teacher" / "model.pt"
+
+
+@pytest.mark.parametrize("ckpt", [STUDENT, TEACHER], ids=["student", "teacher"])
+def test_shipped_checkpoints_are_described_and_match_their_description(ckpt):
+    info = model_info.read(ckpt)  # raises if the weights are not the ones model.json describes
+    assert info["checkpoint_sha256"] == model_info.sha256(ckpt)
+    assert ckpt.stat().st_size < 50e6
+
+
+def test_the_shipped_onnx_model_was_exported_from_the_shipped_checkpoint():
+    proto = onnx.load(str(STUDENT.with_suffix(".onnx")))
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    exported_from = json.loads(metadata[ONNX_DESCRIPTION])
+    info = model_info.read(STUDENT)
+    assert exported_from["checkpoint_sha256"] == info["checkpoint_sha256"]
+    assert exported_from["network_def"] == info["network_def"] and exported_from["slice_size"] == info["slice_size"]
+    assert ONNX_KEY in metadata  # what the backends check before serving it
+
+
+def test_the_shipped_student_segments_each_real_fixture():
+    per_subject = evaluate_checkpoint(STUDENT)
+    assert set(per_subject) == set(REAL_CASES)
+    for subject, result in per_subject.items():
+        assert result["dice"] >= FLOOR, (subject, result)
+
+
+def test_the_light_path_with_the_shipped_student_segments_the_real_ct(tmp_path):
+    from bundle.serving.segment import main
+
+    image, label = REAL_CASES["example_ct_sm"]
+    assert main([str(image), "-o", str(tmp_path), "--quiet"]) == 0
+    mask = np.asarray(nib.load(tmp_path / "example_ct_sm_seg.nii.gz").dataobj)
+    assert dice(mask > 0, np.asarray(nib.load(label).dataobj) == 1) >= FLOOR
+
+
+def test_kd_distils_from_the_shipped_teacher_by_its_recipe():
+    """configs/pretrained.json's teacher_def is the network the shipped teacher's weights fit."""
+    import torch
+
+    from bundle.networks import from_definition
+
+    recipe = json.loads((bundle_root() / "configs" / "pretrained.json").read_text())["teacher_def"]
+    teacher = from_definition(recipe)
+    teacher.load_state_dict(torch.load(TEACHER, map_location="cpu", weights_only=True))
+    assert model_info.read(TEACHER)["network_def"] == model_info.network_definition(teacher)
