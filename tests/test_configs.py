@@ -56,7 +56,11 @@ def test_inference_preprocesses_as_training_does_and_serves_the_student():
     assert inference["image_preprocessing"] == train["image_preprocessing"]
     # what a checkpoint without a description is served with: train.json's own settings
     for key in DESCRIBED:
-        assert inference[key] == f"$@model_info['{key}']" and model_info.DEFAULTS[key] == train[key], key
+        trained_with = train[key] if key != "slice_size" else \
+            f"$bundle.serving.model_info.described(@served_model, 'slice_size', {model_info.DEFAULTS[key]})"
+        assert inference[key] == f"$@model_info['{key}']" and train[key] == trained_with, key
+        if key != "slice_size":
+            assert model_info.DEFAULTS[key] == train[key], key
     assert model_info.DEFAULTS["network_def"] == train["student_def"]
     assert "@model_info['network_def']" in inference["network_def"]
 
@@ -90,7 +94,7 @@ def test_training_and_image_chains_give_the_network_the_same_image(case, overrid
     parser.update({"bundle_root": str(REPO), **overrides})
     joint = Compose(parser.get_parsed_content("preprocessing_3d"))(dict(data))["image"]
     alone = Compose(parser.get_parsed_content("image_preprocessing"))({"image": data["image"]})["image"]
-    assert joint.shape == alone.shape and joint.shape[1:3] == (parser["slice_size"],) * 2
+    assert joint.shape == alone.shape and joint.shape[1:3] == (parser.get_parsed_content("slice_size"),) * 2
     assert joint.dtype == alone.dtype == torch.float32
     assert torch.allclose(joint.as_tensor(), alone.as_tensor(), atol=1e-6)
     assert torch.allclose(joint.affine, alone.affine, atol=1e-5)

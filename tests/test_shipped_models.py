@@ -65,3 +65,18 @@ def test_kd_distils_from_the_shipped_teacher_by_its_recipe():
     teacher = from_definition(recipe)
     teacher.load_state_dict(torch.load(TEACHER, map_location="cpu", weights_only=True))
     assert model_info.read(TEACHER)["network_def"] == model_info.network_definition(teacher)
+
+
+def test_training_into_the_served_models_folder_keeps_the_served_preprocessing(tmp_path):
+    """MONAI Label fine-tunes models/model.pt with train.json and keeps serving with the inference config it
+    parsed at start: training there must use the slice size the served model's description gives."""
+    from monai.bundle import ConfigParser
+
+    def slice_size(**overrides):
+        parser = ConfigParser()
+        parser.read_config(str(bundle_root() / "configs" / "train.json"))
+        parser.update({"bundle_root": str(bundle_root()), **overrides})
+        return parser.get_parsed_content("slice_size")
+
+    assert slice_size() == model_info.read(STUDENT)["slice_size"] == 128
+    assert slice_size(output_root=str(tmp_path)) == 256  # no served model there: train.json's default

@@ -85,3 +85,13 @@ def write(ckpt_path: str | os.PathLike, network, **fields) -> Path:
     path = info_path(ckpt_path)
     atomic_write_text(path, json.dumps(info, indent=2, default=list))
     return path
+
+
+def described(ckpt_path: str | os.PathLike, key: str, default):
+    """``key`` of the description beside ``ckpt_path`` when there is one, else ``default``: training into the
+    folder of a served model (MONAI Label fine-tuning ``models/model.pt``) keeps that model's preprocessing,
+    so the inference config that describes it stays true after training."""
+    path = info_path(ckpt_path)
+    if not path.is_file():
+        return default
+    return read(ckpt_path, check=False).get(key, default)
