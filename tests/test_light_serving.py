@@ -131,6 +131,25 @@ def test_a_missing_onnx_model_is_refused_with_the_export_command(fitted_student,
     assert model_info.read(lonely)["slice_size"] == FITTED_SIZE
 
 
+def test_an_onnx_model_exported_from_other_weights_is_refused(fitted_student, tmp_path):
+    import shutil
+
+    from bundle.serving import model_info
+    from bundle.serving.backend import export_onnx
+
+    network, ckpt, _ = fitted_student
+    served = tmp_path / "model.pt"
+    shutil.copy(ckpt, served)
+    shutil.copy(ckpt.with_suffix(".json"), served.with_suffix(".json"))
+    described = model_info.read(served)
+    export_onnx(network, served.with_suffix(".onnx"), FITTED_SIZE, description=described)
+    assert LightSegmenter.for_checkpoint(served).info["checkpoint_sha256"] == described["checkpoint_sha256"]
+    export_onnx(network, served.with_suffix(".onnx"), FITTED_SIZE,
+                description={**described, "checkpoint_sha256": "0" * 64})
+    with pytest.raises(ValueError, match="was not exported from"):
+        LightSegmenter.for_checkpoint(served)
+
+
 def test_an_unreadable_nifti_is_an_input_error(tmp_path):
     broken = tmp_path / "broken.nii.gz"
     broken.write_bytes(b"\x1f\x8b" + b"0" * 100)

@@ -12,6 +12,7 @@ checkpoint's description (:mod:`bundle.serving.model_info`), which inference.jso
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import numpy as np
 
 from .. import arrays
 from . import model_info
-from .runtime import ONNX_KEY, OnnxModel, process_settings
+from .runtime import ONNX_DESCRIPTION, OnnxModel, process_settings
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +137,9 @@ class LightSegmenter:
             raise FileNotFoundError(f"no ONNX model at '{onnx_path}': export it with `spleen-kd export --ckpt "
                                     f"{ckpt_path}`, or segment with --engine monai, which exports it.")
         segmenter = cls(onnx_path, info, threads, locate=locate)
-        expected = info.get("onnx_key")
-        if ckpt_path.is_file() and expected and segmenter.model.metadata.get(ONNX_KEY) != expected:
+        exported_from = json.loads(segmenter.model.metadata.get(ONNX_DESCRIPTION, "{}")).get("checkpoint_sha256")
+        expected = info.get("checkpoint_sha256")
+        if exported_from and expected and exported_from != expected:
             raise ValueError(f"the ONNX model '{onnx_path}' was not exported from '{ckpt_path}': export it again "
                              f"with `spleen-kd export --ckpt {ckpt_path}`.")
         return segmenter
