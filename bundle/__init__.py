@@ -10,7 +10,7 @@ import importlib
 
 __version__ = "0.3.0"
 
-_SUBMODULES = ("arrays", "checkpoint", "data", "engine", "files", "handlers", "io", "losses", "metrics", "networks",
+_SUBMODULES = ("arrays", "checkpoint", "checks", "data", "engine", "files", "handlers", "io", "losses", "metrics", "networks",
                "report", "reproducibility", "serving", "stats", "switches", "teacher", "tracking", "transforms",
                "workflows")
 

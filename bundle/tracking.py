@@ -27,11 +27,14 @@ def _network_summary(prefix: str, network: nn.Module) -> dict[str, object]:
 
 def run_params(network: nn.Module, loss: nn.Module, seed: int, train_split: str, student_fraction: float,
                slice_size: int, epochs: int, learning_rate: float, teacher: nn.Module | None = None,
-               teacher_ckpt: str | None = None) -> dict[str, object]:
+               teacher_ckpt: str | None = None, spleen_free_volumes: int | None = None) -> dict[str, object]:
     """Flat dict for ``MLFlowHandler(experiment_param=...)``: networks, every loss term with its weight and
-    hyper-parameters, data split and fraction, seed, and the teacher checkpoint's SHA-256."""
+    hyper-parameters, data split and fraction, seed, the teacher checkpoint's SHA-256, and how many
+    labelled training volumes hold no spleen."""
     params: dict[str, object] = {"seed": seed, "train_split": train_split, "student_fraction": student_fraction,
                                  "slice_size": slice_size, "epochs": epochs, "learning_rate": learning_rate}
+    if spleen_free_volumes is not None:
+        params["spleen_free_volumes"] = spleen_free_volumes
     params.update(_network_summary("network", network))
     terms = getattr(loss, "terms", {})
     params["loss_terms"] = ",".join(terms)

@@ -1,6 +1,7 @@
 """Transforms that training and inference share, each equal to MONAI's own result and faster on a CPU.
 
 - :class:`Resized`: MONAI's ``Resized``, linear modes as one sparse matrix product per axis (anti-aliasing included).
+- :class:`CheckCTd`: refuses what is not a 3D CT in Hounsfield units, as the light path does.
 - :class:`LargestComponentd`: the largest 3D connected component, labelled inside the foreground's
   bounding box only (with ``cc3d`` when it is installed).
 
@@ -25,6 +26,26 @@ from monai.utils import (TraceKeys, convert_to_dst_type, convert_to_tensor, ensu
                          fall_back_tuple, get_equivalent_dtype)
 
 from .arrays import keep_largest_component, resize_weights
+from .checks import check_ct
+
+
+class CheckCTd(MapTransform):
+    """Refuses, as an ``InputError`` naming the file, an image that is not a 3D CT in Hounsfield units
+    (:func:`bundle.checks.check_ct`): placed right after ``LoadImaged``, before channels are added, so
+    that inference, MONAI Label's infer task and the unlabelled images of distillation refuse the same
+    inputs as the light path. ``allow_non_ct`` turns "empty" and "no air" into warnings."""
+
+    def __init__(self, keys: KeysCollection, allow_non_ct: bool = False, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.allow_non_ct = allow_non_ct
+
+    def __call__(self, data):
+        for key in self.key_iterator(data):
+            image = data[key]
+            source = str(getattr(image, "meta", {}).get("filename_or_obj", f"<{key}>"))
+            check_ct(image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else image, source,
+                     self.allow_non_ct)
+        return data
 
 
 class LargestComponentd(MapTransform):

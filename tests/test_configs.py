@@ -9,7 +9,7 @@ import torch
 from bundle.networks import FeatureUNet
 from conftest import CONFIGS, REPO, TINY_STUDENT, TINY_TEACHER, TRAIN, bundle_run, config_files, error_chain
 
-SHARED_WITH_INFERENCE = ("image_readers", "image_loading", "image_to_network")
+SHARED_WITH_INFERENCE = ("allow_non_ct", "image_loading", "image_to_network")
 DESCRIBED = ("hu_window", "axcodes", "pixdim", "slice_size")  # inference.json reads them from the model's description
 
 

@@ -296,6 +296,7 @@ def _preprocess(case: dict, slice_size: int) -> dict:
     parser = ConfigParser()
     parser.read_config(TRAIN)
     parser["slice_size"] = slice_size
+    parser["allow_non_ct"] = True  # these volumes test geometry and windows, not whether they look like CT
     return Compose(parser.get_parsed_content("preprocessing_3d"))(case)
 
 

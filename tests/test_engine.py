@@ -191,3 +191,35 @@ def test_teacher_cache_stores_a_repeated_slice_once_and_counts_only_what_it_hold
     # each entry owns exactly its row: no view that keeps the whole batch's output tensor alive
     held = sum(v.untyped_storage().nbytes() for entry in cache._entries.values() for v in entry.values())
     assert held == cache.bytes
+
+
+def test_the_trainer_ramps_a_warm_up_term_with_the_progress_it_reports():
+    """kd weight 1 with a 2-epoch warm-up, 2 iterations per epoch: the weights used are 0, 1/4, 1/2, 3/4
+    (the progress at each iteration's start), so the total is that share of the raw term."""
+    from ignite.engine import Events
+
+    loss = CompositeLoss({"kd": LossTerm(nn.MSELoss(), ["network.seg", "teacher.seg"], warmup_epochs=2)})
+    trainer = _trainer(_student(), loss, teacher=_teacher(), epochs=2)
+    shares = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: shares.append(
+        float(e.state.output["loss"]) / float(e.state.output["loss_terms"]["kd"])))
+    trainer.run()
+    assert shares == pytest.approx([0.0, 0.25, 0.5, 0.75], abs=1e-6)
+
+
+def test_teacher_cache_tells_apart_real_sized_slices_that_share_their_first_rows():
+    """Windowed CT slices begin with identical rows of air: a key on the first bytes would hand one
+    slice's teacher outputs to another."""
+    teacher = _teacher().eval()
+    slices = torch.zeros(3, 1, 256, 256)  # 256 KB each; the first 64 rows (64 KB) all air
+    slices[0, :, 100:150, 80:120] = 0.6
+    slices[1, :, 180:220, 140:200] = 0.8
+    slices[2, :, 255, 255] = 0.1  # only the last pixel differs from an all-air slice
+    cache = TeacherCache(max_megabytes=64)
+    with torch.no_grad():
+        direct = teacher(slices, return_features=True)["seg"]
+        cache.outputs(teacher, slices, {"seg"})
+        again = cache.outputs(teacher, slices.flip(0), {"seg"})["seg"]
+    assert len({TeacherCache.key(s) for s in slices} | {TeacherCache.key(torch.zeros(1, 256, 256))}) == 4
+    assert (cache.misses, cache.hits) == (3, 3)
+    assert torch.allclose(again, direct.flip(0), atol=1e-6)

@@ -107,7 +107,8 @@ def test_a_perfect_prediction_scores_one_in_evaluation(case, slice_size, totalse
             "dicom_las": lambda: _dicom_series_and_las_label(totalseg_dir, tmp_path),
             "lps_las": lambda: _lps_image_and_las_label(tmp_path)}[case]
     bundle_run("evaluating", config_files("student", "evaluate"), output_root=str(tmp_path), cases=[make()],
-               network_def=PROBE, ckpt_path=str(probe_checkpoint), slice_size=slice_size, run_name="geometry", amp=False)
+               network_def=PROBE, ckpt_path=str(probe_checkpoint), slice_size=slice_size, run_name="geometry", amp=False,
+               allow_non_ct=True)
     summary = json.loads((tmp_path / "eval/geometry/test/summary.json").read_text())
     assert summary["volumes"] == 1
     assert summary["metrics"]["dice"]["mean"] >= 0.99, summary["metrics"]
@@ -132,7 +133,7 @@ def test_inference_of_a_non_ras_input_matches_its_known_mask(case, slice_size, t
             else _dicom_series_and_las_label(totalseg_dir, tmp_path))
     bundle_run("run", "inference", output_root=str(tmp_path), input_files=[made["image"]],
                output_dir=str(tmp_path / "out"), network_def=PROBE, ckpt_path=str(probe_checkpoint),
-               slice_size=slice_size)
+               slice_size=slice_size, allow_non_ct=True)
     (written_path,) = (tmp_path / "out").glob("*_seg.nii.gz")
     written = nib.load(written_path)
     predicted = np.asarray(written.dataobj) > 0
@@ -154,6 +155,7 @@ def test_training_labels_are_resized_onto_the_resized_image(tmp_path):
     case = _lps_image_and_las_label(tmp_path)
     parser = ConfigParser()
     parser.read_config(TRAIN)
+    parser["allow_non_ct"] = True  # a synthetic geometry probe, not a CT
     parser["slice_size"] = 64  # 150 x 130 voxels -> 64 x 64: factors 2.34 and 2.03
     data = Compose(parser.get_parsed_content("preprocessing_3d"))(case)
     shown, label = data["image"][0] > 0.5, data["label"][0] > 0.5

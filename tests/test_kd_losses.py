@@ -196,3 +196,22 @@ def test_labelled_only_term_with_no_labelled_row_is_a_zero_tensor_even_without_g
                                  {"label": torch.zeros(2, 1, 1, 1), "labeled": torch.zeros(2)})
     assert isinstance(terms["seg"], torch.Tensor) and terms["seg"].item() == 0.0
     assert total.dtype == torch.float32
+
+
+def test_dist_applies_its_temperature_before_the_sigmoid():
+    """1 − ρ(σ(s/τ), σ(t/τ)) at τ = 2 and τ = 1, on two 4-pixel maps computed by hand."""
+    student = torch.tensor([4.0, -2.0, 0.0, 2.0]).reshape(1, 1, 2, 2)
+    teacher = torch.tensor([2.0, 0.0, -4.0, 6.0]).reshape(1, 1, 2, 2)
+
+    def by_hand(tau):
+        p = [1 / (1 + math.exp(-v / tau)) for v in student.flatten().tolist()]
+        q = [1 / (1 + math.exp(-v / tau)) for v in teacher.flatten().tolist()]
+        mp, mq = sum(p) / 4, sum(q) / 4
+        cov = sum((a - mp) * (b - mq) for a, b in zip(p, q))
+        var_p, var_q = sum((a - mp) ** 2 for a in p), sum((b - mq) ** 2 for b in q)
+        return 1 - cov / math.sqrt(var_p * var_q)
+
+    hot, cold = by_hand(2.0), by_hand(1.0)
+    assert abs(hot - cold) > 0.01  # the maps are chosen so that τ changes the answer
+    assert InterPixelCorrelation(temperature=2.0)(student, teacher).item() == pytest.approx(hot, abs=1e-5)
+    assert InterPixelCorrelation(temperature=1.0)(student, teacher).item() == pytest.approx(cold, abs=1e-5)

@@ -217,3 +217,26 @@ def test_resume_of_a_run_with_unlabelled_volumes_continues_exactly(phantom_dir, 
     straight, resumed = _resumed_losses("kd", phantom_dir, tmp_path, teacher_def={**STUDENT, "reconstruction": True},
                                         val_interval=100, distill=["dist"], use_unlabeled=True)
     assert resumed == straight
+
+
+def test_the_training_state_of_train_json_holds_the_best_model_saver(phantom_dir, tmp_path):
+    """What ``resume_training`` restores is ``train_state``: without the best-model saver in it, a resumed
+    run forgets its best score and overwrites the best model at its first validation."""
+    workflow = ConfigWorkflow(config_file=config_files("student"), meta_file=META_FILE, logging_file=False,
+                              workflow_type="train", run_id="training",
+                              **_overrides(phantom_dir, tmp_path, epochs=1, val_interval=1))
+    state = workflow.parser.get_parsed_content("train_state")
+    assert state["best_model"] is workflow.parser.get_parsed_content("best_model_saver")
+    assert {"model", "optimizer"} <= set(state)
+
+
+def test_a_pickled_training_state_is_refused_before_anything_is_restored(tmp_path):
+    from bundle.checkpoint import TrainingStateSaver, resume_training
+
+    network = nn.Linear(2, 1)
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    torch.save({"model": nn.Linear(2, 1), "trainer": {"epoch": 1, "iteration": 1}},
+               tmp_path / TrainingStateSaver.filename)  # a module object: loading it runs unpickling code
+    with pytest.raises(ValueError, match="training state .* cannot be read"):
+        resume_training(Engine(lambda engine, batch: None), str(tmp_path), {"model": network})
+    assert all(torch.equal(v, before[k]) for k, v in network.state_dict().items())

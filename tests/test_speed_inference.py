@@ -323,7 +323,7 @@ def test_freed_volume_memory_stays_in_the_heap(keep):
 
 
 def test_nifti_reader_loads_what_monais_reader_loads(totalseg_dir, tmp_path):
-    """inference.json's loader (NiftiReader first, ITK for the rest): the voxels, affine and meta data of
+    """inference.json's loader (CTReader: NiftiReader for NIfTI, ITK for the rest): the voxels, affine and meta data of
     MONAI's default loader, for int16, int32 and uint8 NIfTI, a scaled NIfTI and a DICOM series."""
     from monai.bundle import ConfigParser
     from monai.transforms import LoadImaged
@@ -337,7 +337,7 @@ def test_nifti_reader_loads_what_monais_reader_loads(totalseg_dir, tmp_path):
     parser = ConfigParser()
     parser.read_config(Path(arrays.__file__).parents[1] / "configs" / "inference.json")
     loader = parser.get_parsed_content("image_loading")[0]
-    assert isinstance(loader._loader.readers[-1], NiftiReader)
+    assert isinstance(loader.ct_reader.nifti, NiftiReader)
     for path in ("example_ct_sm.nii.gz", "example_ct.nii.gz", "example_seg.nii.gz", tmp_path / "scaled.nii.gz",
                  "example_ct_dicom"):
         path = totalseg_dir / path

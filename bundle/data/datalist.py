@@ -264,6 +264,36 @@ def split_by_volume(pairs: Sequence[dict], seed: int = 0, val_fraction: float = 
     return {key: sorted(split[key], key=lambda pair: pair["image"]) for key in SPLITS}
 
 
+def check_split(split: dict[str, list[dict]], path: str | os.PathLike) -> None:
+    """Refuse a split file that would score a model on volumes it learned from: a volume in two of
+    ``teacher_train`` / ``validation`` / ``test``, or a ``student_train`` volume outside ``teacher_train``
+    (the student would learn from volumes its teacher never saw, or from evaluation volumes)."""
+    members = {key: {pair["image"] for pair in split[key]} for key in SPLITS}
+    for first, second in (("teacher_train", "validation"), ("teacher_train", "test"), ("validation", "test")):
+        shared = sorted(members[first] & members[second])
+        if shared:
+            raise DataError(f"{len(shared)} volume(s) of '{path}' are in both \"{first}\" and \"{second}\" (e.g. "
+                            f"{shared[:3]}); a volume may be in one split only, or its metrics are scored on "
+                            "training data. Remove them from one of the lists.")
+    outside = sorted(members["student_train"] - members["teacher_train"])
+    if outside:
+        raise DataError(f"{len(outside)} \"student_train\" volume(s) of '{path}' are not in \"teacher_train\" (e.g. "
+                        f"{outside[:3]}); the student's labelled volumes must be a subset of the teacher's. Add "
+                        "them to \"teacher_train\" or remove them from \"student_train\".")
+
+
+def spleen_free_volumes(pairs: Sequence[dict], label_value: int = 1) -> int:
+    """How many labelled volumes of ``pairs`` (a training set: ``train#dataset#data``, whatever filled it)
+    hold no voxel of ``label_value``, and so train as spleen-free scans; each is named in a warning."""
+    empty = [pair["label"] for pair in pairs if pair.get("label")
+             and not np.count_nonzero(_open(pair["label"], whole=True)[2] == label_value)]
+    if empty:
+        logger.warning("%d label map(s) of the training set hold no voxel of label_value=%d and train as "
+                       "spleen-free scans: %s%s", len(empty), label_value, ", ".join(empty[:5]),
+                       " ..." if len(empty) > 5 else "")
+    return len(empty)
+
+
 def _write_json_atomically(path: Path, content: dict) -> None:
     """Readers (other ranks, other runs) see the old file or the whole new one, never a part."""
     atomic_write_text(path, json.dumps(content, indent=2))
@@ -282,7 +312,9 @@ def _reusable(existing: dict, path: Path, params: dict) -> dict | None:
             raise DataError(f"datalist file '{path}' (key `datalist_file`) exists but holds neither splits made "
                             f"here nor the lists {', '.join(SPLITS)}; delete it or choose another path.")
         logger.info("using the hand-made splits in %s", path)
-        return {key: _pairs_from_entries(existing[key], path, f"\"{key}\"") for key in SPLITS}
+        split = {key: _pairs_from_entries(existing[key], path, f"\"{key}\"") for key in SPLITS}
+        check_split(split, path)
+        return split
     if existing["params"] != params or not all(key in existing for key in SPLITS):
         return None
     listed = [pair for key in SPLITS for pair in existing[key]]

@@ -22,13 +22,12 @@ import numpy as np
 
 from .. import arrays
 from . import model_info
+from ..checks import InputError, as_volume, check_ct, check_exists, dicom_series
 from .runtime import ONNX_DESCRIPTION, OnnxModel, process_settings
 
+__all__ = ["InputError", "LightSegmenter", "Volume", "mask_path", "read_volume", "write_mask"]
+
 logger = logging.getLogger(__name__)
-
-
-class InputError(ValueError):
-    """An input that cannot be segmented; the message names the file and says what to do."""
 
 
 @dataclass
@@ -47,37 +46,27 @@ def read_nifti(path: str | os.PathLike) -> Volume:
         image = nib.load(str(path))
         array = np.asarray(image.dataobj, dtype=np.float32)
     except Exception as error:  # nibabel, gzip and zlib raise many types for a damaged file
-        raise InputError(f"cannot read '{path}' as NIfTI ({type(error).__name__}: {error}); the file is damaged, "
-                         "truncated or not a NIfTI image.") from None
-    if array.ndim == 4 and array.shape[3] == 1:
-        array = array[..., 0]
-    return Volume(array, np.asarray(image.affine, dtype=np.float64), str(path))
+        raise InputError(f"'{path}' is not a readable NIfTI file ({type(error).__name__}: {error}); it is damaged, "
+                         "truncated or of another format: re-export it (other formats: --engine monai).") from None
+    return Volume(as_volume(array, str(path)), np.asarray(image.affine, dtype=np.float64), str(path))
 
 
 def read_dicom_series(folder: str | os.PathLike) -> Volume:
-    """A DICOM series as ITK (MONAI's ``ITKReader``) reads it: slices ordered along the slice normal,
-    voxels ``[column, row, slice]`` with the rescale applied, the affine ITK's converted from LPS to RAS."""
-    import pydicom
-
-    files = sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
-    slices = []
-    for file in files:
-        try:
-            slices.append(pydicom.dcmread(str(file)))
-        except Exception as error:
-            raise InputError(f"cannot read '{file}' of the DICOM series '{folder}' ({type(error).__name__}: "
-                             f"{error}); remove or replace the file.") from None
-    if not slices:
-        raise InputError(f"'{folder}' holds no DICOM files.")
+    """A DICOM series as ITK (MONAI's ``ITKReader``) reads it, after :func:`~bundle.serving.checks.dicom_series`
+    has checked it: slices ordered along the slice normal, voxels ``[column, row, slice]`` with the rescale
+    applied, the affine ITK's converted from LPS to RAS."""
+    slices = dicom_series(folder)
     orientation = np.asarray(slices[0].ImageOrientationPatient, dtype=np.float64)
     row, column = orientation[:3], orientation[3:]
     normal = np.cross(row, column)
-    slices.sort(key=lambda s: float(np.dot(np.asarray(s.ImagePositionPatient, dtype=np.float64), normal)))
     positions = np.array([np.dot(np.asarray(s.ImagePositionPatient, dtype=np.float64), normal) for s in slices])
-    steps = np.diff(positions)
-    spacing_z = float(np.mean(steps)) if len(steps) else float(getattr(slices[0], "SliceThickness", 1.0))
-    volume = np.stack([s.pixel_array.astype(np.float32) * float(getattr(s, "RescaleSlope", 1.0))
-                       + float(getattr(s, "RescaleIntercept", 0.0)) for s in slices], axis=-1)
+    spacing_z = float(np.mean(np.diff(positions)))
+    try:
+        volume = np.stack([s.pixel_array.astype(np.float32) * float(getattr(s, "RescaleSlope", 1.0))
+                           + float(getattr(s, "RescaleIntercept", 0.0)) for s in slices], axis=-1)
+    except Exception as error:  # a pixel decoder missing or failing
+        raise InputError(f"the pixels of the DICOM series '{folder}' cannot be decoded ({type(error).__name__}: "
+                         f"{error}); segment it with --engine monai (ITK) or export it uncompressed.") from None
     volume = np.ascontiguousarray(np.transpose(volume, (1, 0, 2)))  # [row, column, slice] -> [column, row, slice]
     row_spacing, column_spacing = (float(v) for v in slices[0].PixelSpacing)
     lps = np.eye(4)
@@ -86,12 +75,13 @@ def read_dicom_series(folder: str | os.PathLike) -> Volume:
     return Volume(volume, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, str(folder))
 
 
-def read_volume(path: str | os.PathLike) -> Volume:
-    """A NIfTI file or a DICOM series folder."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"'{path}' does not exist.")
-    return read_dicom_series(path) if path.is_dir() else read_nifti(path)
+def read_volume(path: str | os.PathLike, allow_non_ct: bool = False) -> Volume:
+    """A NIfTI file or a DICOM series folder, checked as inference.json checks it
+    (:mod:`bundle.serving.checks`): readable, 3D, several slices, a CT in Hounsfield units."""
+    check_exists(path)
+    volume = read_dicom_series(path) if Path(path).is_dir() else read_nifti(path)
+    check_ct(volume.array, volume.source, allow_non_ct)
+    return volume
 
 
 def to_orientation(array: np.ndarray, affine: np.ndarray, axcodes: str = "RAS") -> tuple[np.ndarray, np.ndarray]:
@@ -146,8 +136,6 @@ class LightSegmenter:
 
     def network_input(self, volume: Volume) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
         """``[D, 1, S, S]`` slices as the network sees them, the orientation transform and the oriented shape."""
-        if volume.array.ndim != 3:
-            raise InputError(f"'{volume.source}' has shape {volume.array.shape}: a 3D volume is expected.")
         oriented, transform = to_orientation(volume.array, volume.affine, self.info["axcodes"])
         low, high = self.info["hu_window"]
         windowed = np.clip((oriented - np.float32(low)) / np.float32(high - low), 0.0, 1.0).astype(np.float32)
@@ -172,8 +160,7 @@ class LightSegmenter:
             logits = self.logits(slices)
         logits = logits[:, 0]  # [D, S, S]
         probability = 1.0 / (1.0 + np.exp(-np.moveaxis(logits, 0, 2)))  # [S, S, D]
-        restored = arrays.resize(probability.astype(np.float32), oriented_shape, [0.0, 0.0, 0.0])
-        mask = (restored >= self.info["threshold"]).astype(np.uint8)
+        mask = arrays.thresholded_resize(probability.astype(np.float32), oriented_shape, self.info["threshold"])
         if self.info["largest_component"]:
             mask = arrays.keep_largest_component(mask)
         return np.ascontiguousarray(from_orientation(mask, transform))

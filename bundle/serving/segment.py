@@ -37,20 +37,6 @@ def expand_inputs(paths: list[str]) -> list[str]:
     return found
 
 
-def check_output_folder(out_dir: str | os.PathLike) -> Path:
-    """The output folder, created, before any volume is read: a clear error if it is a file or not writable."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise SystemExit(f"error: the output folder '{out}' is a file; give a folder with -o.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise SystemExit(f"error: cannot create the output folder '{out}' ({error.strerror}); give another -o.")
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise SystemExit(f"error: the output folder '{out}' is not writable; give another -o.")
-    return out
-
-
 def segment_with_monai(inputs: list[str], out_dir: Path, ckpt: str | None, overrides: dict) -> None:
     """``configs/inference.json`` through ``monai.bundle run``, in this process."""
     from ..workflows import bundle_run, config_files
@@ -60,26 +46,27 @@ def segment_with_monai(inputs: list[str], out_dir: Path, ckpt: str | None, overr
                **extra, **overrides)
 
 
-def segment_light(inputs: list[str], out_dir: Path, ckpt: str, threads: int, log=print,
-                  locate: bool = True) -> list[tuple[str, str]]:
-    """Every input through :class:`bundle.serving.light.LightSegmenter`; returns the ``(input, reason)``
-    of those that failed (the others are written)."""
-    from .light import InputError, LightSegmenter, mask_path, read_volume, write_mask
+def segment_light(inputs: list[str], out_dir: Path, ckpt: str, threads: int, log=print, locate: bool = True,
+                  allow_non_ct: bool = False, debug: bool = False):
+    """Every input through :class:`bundle.serving.light.LightSegmenter`, volume by volume: one that is
+    refused or fails is reported and skipped. Returns the :class:`~bundle.serving.checks.InputReport`."""
+    from ..checks import InputReport
+    from .light import LightSegmenter, mask_path, read_volume, write_mask
 
     segmenter = LightSegmenter.for_checkpoint(ckpt, threads=threads, locate=locate)
-    failed = []
+    report = InputReport(debug=debug)
     for source in inputs:
         start = time.perf_counter()
         try:
-            volume = read_volume(source)
+            volume = read_volume(source, allow_non_ct)
             mask = segmenter.segment(volume)
             path = write_mask(mask, volume.affine, mask_path(volume.source, out_dir))
-        except InputError as error:
-            failed.append((source, str(error)))
-            log(f"refused: {error}")
+        except Exception as error:  # one bad volume must not cost the others
+            report.failed(source, error)
             continue
+        report.ok(source)
         log(f"{path} ({int(mask.sum())} spleen voxels, {time.perf_counter() - start:.2f} s)")
-    return failed
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,14 +82,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--whole_volume", action="store_true",
                         help="run the network on every slice (default: a first pass on every 4th slice locates the "
                              "spleen's slab, and only that slab is segmented; slices the network sees are the same)")
+    parser.add_argument("--allow_non_ct", action="store_true",
+                        help="segment volumes that look empty or not in Hounsfield units, with a warning, instead "
+                             "of refusing them")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of every refused volume")
     parser.add_argument("--quiet", action="store_true", help="print the summary only")
     args = parser.parse_args(argv)
-    out = check_output_folder(args.out)
+    from ..checks import InputError, check_output_folder
+
+    try:
+        out = check_output_folder(args.out)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     inputs = expand_inputs(args.inputs)
     log = (lambda message: None) if args.quiet else print
     if args.engine == "monai":
         segment_with_monai(inputs, out, args.model, {"backend": args.backend, "threads": args.threads,
-                                                     "locate": not args.whole_volume})
+                                                     "locate": not args.whole_volume,
+                                                     "allow_non_ct": args.allow_non_ct, "debug": args.debug})
         return 0
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     if args.model:
@@ -112,13 +110,10 @@ def main(argv: list[str] | None = None) -> int:
 
         ckpt = str(models_dir() / "model.pt")
     try:
-        failed = segment_light(inputs, out, ckpt, args.threads, log, locate=not args.whole_volume)
-    except (FileNotFoundError, ValueError) as error:
+        report = segment_light(inputs, out, ckpt, args.threads, log, locate=not args.whole_volume,
+                               allow_non_ct=args.allow_non_ct, debug=args.debug)
+    except (FileNotFoundError, ValueError) as error:  # the model: missing, stale or unreadable
         print(f"error: {error}", file=sys.stderr)
-        return 1
-    written = len(inputs) - len(failed)
-    summary = f"{len(inputs)} volume{'s' if len(inputs) != 1 else ''}: {written} written"
-    if failed:
-        summary += f", {len(failed)} refused: " + "; ".join(f"{Path(s).name} ({why})" for s, why in failed)
-    print(summary)
-    return 1 if failed else 0
+        return 2
+    print(report.summary())
+    return 1 if report.refused else 0
