@@ -108,15 +108,6 @@ def test_a_bad_volume_in_a_list_is_reported_and_the_others_are_written(fitted_st
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["example_ct_sm_seg.nii.gz", "second_seg.nii.gz"]
 
 
-def test_output_folder_that_is_a_file_is_refused_before_any_volume_is_read(fitted_student, totalseg_dir, tmp_path):
-    from bundle.cli import main
-
-    blocker = tmp_path / "masks"
-    blocker.write_text("")
-    with pytest.raises(SystemExit, match="output folder .*masks' is a file"):
-        main(["segment", str(tmp_path / "absent.nii.gz"), "-o", str(blocker), "--model", str(fitted_student[1])])
-
-
 def test_a_missing_onnx_model_is_refused_with_the_export_command(fitted_student, tmp_path):
     import shutil
 
@@ -211,3 +202,20 @@ def test_located_and_whole_volume_masks_agree_on_the_real_ct(engine, fitted_stud
         located = np.asarray(nib.load(mask_path(source, tmp_path / "located")).dataobj)
         whole = np.asarray(nib.load(mask_path(source, tmp_path / "whole")).dataobj)
         assert whole.any() and _dice(located > 0, whole > 0) >= 0.99, source
+
+
+@pytest.mark.parametrize("shape, out", [((128, 128, 30), (512, 512, 30)), ((48, 40, 12), (122, 30, 25))],
+                         ids=["upsample", "mixed"])
+def test_thresholded_resize_is_the_thresholded_whole_resize(shape, out):
+    """The light path's inverse resize computes only the box that can reach the threshold: the mask must be
+    the whole resize's, voxel for voxel, for a blob, for scattered hot voxels and for none."""
+    from bundle import arrays
+
+    rng = np.random.default_rng(0)
+    probability = (rng.random(shape) * 0.4).astype(np.float32)
+    probability[10:30, 8:20, 3:9] = rng.random((20, 12, 6)).astype(np.float32)
+    probability[-1, 0, -1] = 0.9  # a corner voxel: the box reaches the edges
+    for volume in (probability, np.minimum(probability, 0.45)):
+        expected = (arrays.resize(volume, out, [0.0, 0.0, 0.0]) >= 0.5).astype(np.uint8)
+        np.testing.assert_array_equal(arrays.thresholded_resize(volume, out, 0.5), expected)
+    assert arrays.thresholded_resize(probability, out, 0.5).sum() > 0
