@@ -51,12 +51,11 @@ def check_exists(path: str | os.PathLike) -> None:
         raise InputError(f"'{path}' is empty (0 bytes); the copy or download did not finish.")
 
 
-def as_volume(array: np.ndarray, source: str, channel_first: bool = False) -> np.ndarray:
-    """``array`` as a 3D volume: one channel is dropped, anything else that is not 3D is refused."""
+def as_volume(array: np.ndarray, source: str) -> np.ndarray:
+    """``array`` (as loaded, channels last) as a 3D volume: one channel is dropped, anything else that is not
+    3D is refused."""
     shape = tuple(array.shape)
-    if channel_first and array.ndim == 4 and shape[0] == 1:
-        array = array[0]
-    elif not channel_first and array.ndim == 4 and shape[3] == 1:
+    if array.ndim == 4 and shape[3] == 1:
         array = array[..., 0]
     if array.ndim != 3:
         raise InputError(f"'{source}' has shape {shape}: a 3D CT volume is expected (a single-channel 4D image "
@@ -67,10 +66,10 @@ def as_volume(array: np.ndarray, source: str, channel_first: bool = False) -> np
     return array
 
 
-def check_ct(array: np.ndarray, source: str, allow_non_ct: bool = False, channel_first: bool = False) -> list[str]:
+def check_ct(array: np.ndarray, source: str, allow_non_ct: bool = False) -> list[str]:
     """Refuse what cannot be a CT in Hounsfield units: not 3D, too few slices, non-finite values, one value
     everywhere, no air. With ``allow_non_ct`` the last two are warnings (returned and logged) instead."""
-    array = as_volume(np.asarray(array), source, channel_first)
+    array = as_volume(np.asarray(array), source)
     step = max(1, round((array.size / 2e6) ** (1 / 3)))  # ~2 M voxels decide, in a few milliseconds
     sample = array[::step, ::step, ::step]
     if not np.isfinite(sample).all() or not np.isfinite(array[..., ::max(1, array.shape[2] // 8)]).all():

@@ -6,7 +6,8 @@
   and :func:`checked_inputs`: a list of volumes where a bad one is reported and skipped, not fatal.
 (:func:`bundle.serving.runtime.use_fast_gzip` makes nibabel read and write ``.nii.gz`` through ISA-L.)
 
-Training and inference configs both load through :class:`NiftiReader` (``image_readers``).
+Training and inference configs both load through :class:`LoadCTd` (:class:`CTReader`, which reads NIfTI with
+:class:`NiftiReader`).
 """
 
 from __future__ import annotations

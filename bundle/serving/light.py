@@ -52,7 +52,7 @@ def read_nifti(path: str | os.PathLike) -> Volume:
 
 
 def read_dicom_series(folder: str | os.PathLike) -> Volume:
-    """A DICOM series as ITK (MONAI's ``ITKReader``) reads it, after :func:`~bundle.serving.checks.dicom_series`
+    """A DICOM series as ITK (MONAI's ``ITKReader``) reads it, after :func:`~bundle.checks.dicom_series`
     has checked it: slices ordered along the slice normal, voxels ``[column, row, slice]`` with the rescale
     applied, the affine ITK's converted from LPS to RAS."""
     slices = dicom_series(folder)
@@ -77,7 +77,7 @@ def read_dicom_series(folder: str | os.PathLike) -> Volume:
 
 def read_volume(path: str | os.PathLike, allow_non_ct: bool = False) -> Volume:
     """A NIfTI file or a DICOM series folder, checked as inference.json checks it
-    (:mod:`bundle.serving.checks`): readable, 3D, several slices, a CT in Hounsfield units."""
+    (:mod:`bundle.checks`): readable, 3D, several slices, a CT in Hounsfield units."""
     check_exists(path)
     volume = read_dicom_series(path) if Path(path).is_dir() else read_nifti(path)
     check_ct(volume.array, volume.source, allow_non_ct)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -49,7 +48,7 @@ def segment_with_monai(inputs: list[str], out_dir: Path, ckpt: str | None, overr
 def segment_light(inputs: list[str], out_dir: Path, ckpt: str, threads: int, log=print, locate: bool = True,
                   allow_non_ct: bool = False, debug: bool = False):
     """Every input through :class:`bundle.serving.light.LightSegmenter`, volume by volume: one that is
-    refused or fails is reported and skipped. Returns the :class:`~bundle.serving.checks.InputReport`."""
+    refused or fails is reported and skipped. Returns the :class:`~bundle.checks.InputReport`."""
     from ..checks import InputReport
     from .light import LightSegmenter, mask_path, read_volume, write_mask
 
