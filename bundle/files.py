@@ -3,6 +3,7 @@ file or the complete new one, never a part, even if the writer is killed mid-wri
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -23,10 +24,18 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator:
             os.fsync(stream.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
         os.replace(tmp, path)
+        _remove_left_over(path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _remove_left_over(path: Path) -> None:
+    """Delete the temporaries of earlier writes of ``path`` killed before their rename (SIGKILL, power
+    loss): the file itself is whole, they are only debris beside it."""
+    for left in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        left.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -87,12 +87,13 @@ def test_sigkill_mid_run_then_resume_finishes_all_epochs(phantom_dir, tmp_path):
     assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()[-2000:]
     killed_at = _state_epoch(state)
     assert reads > 0 and 3 <= killed_at < epochs
-    assert not list(state.parent.glob(".*.tmp"))  # a kill may interrupt a write, never leave a torn file behind
+    # a kill mid-write may leave its temporary file beside the state (SIGKILL runs no cleanup), never a torn state
 
     resumed = subprocess.run(command + ["--resume", "True"], cwd=elsewhere, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resumed from '{state}' at epoch {killed_at}" in resumed.stdout + resumed.stderr
     assert _state_epoch(state) == epochs
+    assert not list(state.parent.glob(".*.tmp"))  # the resumed run's first write cleared what the kill left
     assert not list(elsewhere.iterdir())
 
 
@@ -102,6 +103,16 @@ def test_atomic_save_replaces_the_file_whole(tmp_path):
     atomic_save({"x": torch.ones(3)}, path)
     assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_the_next_write_removes_the_temporary_file_a_killed_write_left(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    left = tmp_path / ".ckpt.pt.abc123.tmp"  # what a writer killed between mkstemp and rename leaves
+    left.write_bytes(b"half")
+    other = tmp_path / ".other.pt.abc123.tmp"  # another file's temporary: not ours to remove
+    other.write_bytes(b"half")
+    atomic_save({"x": torch.ones(3)}, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.abc123.tmp", "ckpt.pt"]
 
 
 def test_a_corrupt_checkpoint_is_named(tmp_path):
