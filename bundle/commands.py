@@ -31,7 +31,7 @@ def overrides_from(extra: list[str], parser: argparse.ArgumentParser) -> dict:
 
 def train(argv: list[str]) -> int:
     """Train a workflow with the bundle configs, as ``python -m monai.bundle run training`` does."""
-    from .workflows import STAGES, bundle_run, config_files
+    from .workflows import TRAINABLE, bundle_run, config_files
 
     parser = argparse.ArgumentParser(prog="spleen-kd train", formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Train a workflow: train.json, its override (teacher.json, kd.json) "
@@ -40,8 +40,9 @@ def train(argv: list[str]) -> int:
   spleen-kd train kd --config pretrained --out runs/mine --dataset_dir data/Task09_Spleen \\
       --teacher_ckpt models/teacher/model.pt
   spleen-kd train student --config demo --out runs/small --dataset_dir data/phantoms --epochs 5
+  spleen-kd train teacher_3d --out runs/mine --dataset_dir data/Task09_Spleen    # -> runs/mine/bundles/teacher_3d
 Any other --key value is a config override (e.g. --seed 1, --distill "['cwd','dist']", --resume true).""")
-    parser.add_argument("workflow", choices=STAGES)
+    parser.add_argument("workflow", choices=TRAINABLE)
     parser.add_argument("--config", action="append", default=[], help="override config merged last (a name in "
                         "configs/ such as pretrained, demo, mlflow, or a path; repeatable)")
     parser.add_argument("--out", required=True, help="output_root: models/, eval/ and the datalist go there")
@@ -75,7 +76,7 @@ def _evaluate_real(args) -> dict:
 
 def evaluate(argv: list[str]) -> int:
     """Test-split metrics of a workflow's best model, or Dice on the real CT fixtures."""
-    from .workflows import STAGES, bundle_run, config_files
+    from .workflows import TRAINABLE, bundle_run, config_files
 
     parser = argparse.ArgumentParser(prog="spleen-kd evaluate", formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description="Per-volume 3D metrics (Dice, IoU, precision, recall, surface Dice, "
@@ -87,7 +88,7 @@ def evaluate(argv: list[str]) -> int:
   spleen-kd evaluate --real --ckpt runs/mine/models/kd/model.pt        # needs the model.json beside it
   spleen-kd evaluate --real --demo demo_out                            # a demo's three models
   spleen-kd evaluate --real --grid runs/proof                          # every run of an experiment grid""")
-    parser.add_argument("workflow", nargs="?", choices=STAGES)
+    parser.add_argument("workflow", nargs="?", choices=TRAINABLE)
     parser.add_argument("--config", action="append", default=[], help="the override configs the run was trained with")
     parser.add_argument("--out", help="the run's output_root")
     parser.add_argument("--split", default="test", choices=["test", "validation", "teacher_train", "student_train"])

@@ -37,6 +37,7 @@ class ComposedLossTrainer(SupervisedTrainer):
         self.composite = getattr(loss_function, "module", loss_function)
         if self.composite.needs_teacher and teacher is None:
             raise ValueError("the configured loss terms read 'teacher.*' inputs, but no `teacher` was given.")
+        self._refuse_missing_outputs(teacher)
         self._refuse_unsupported(kwargs)
         super().__init__(*args, loss_function=loss_function, **kwargs)
         # in place, so the optimizer keeps the same head parameters
@@ -58,6 +59,19 @@ class ComposedLossTrainer(SupervisedTrainer):
             if value != neutral:
                 raise ValueError(f"ComposedLossTrainer does not support `{name}={value!r}` (it runs the network "
                                  f"directly, one optimizer step per batch): remove `{name}` from the trainer config.")
+
+    def _refuse_missing_outputs(self, teacher: nn.Module | None) -> None:
+        """A teacher adapter (:mod:`bundle.teacher`) says what it gives; a term reading anything else
+        is refused now, not at the first step."""
+        provides = getattr(teacher, "provides", None)
+        if provides is None:
+            return
+        for name, term in self.composite.terms.items():
+            missing = sorted(k.split(".", 1)[1] for k in term.inputs if k.startswith("teacher.") and k.split(".", 1)[1] not in provides)
+            if missing:
+                raise ValueError(f"loss term '{name}' reads teacher output(s) {missing}, but the {type(teacher).__name__} "
+                                 f"gives only {sorted(provides)}. Map them to module names in `teacher_features` "
+                                 "(2D teachers), or distil with logit terms only (`--distill \"['dist']\"`).")
 
     def _fp16_scaler(self):
         """The gradient scaler, when fp16 autocast needs it (bf16 and fp32 do not). Decided per step because
@@ -87,7 +101,9 @@ class ComposedLossTrainer(SupervisedTrainer):
         if engine.teacher is not None:
             engine.teacher.eval()
             with torch.no_grad(), engine._autocast():
-                if engine.teacher_cache is None:
+                if getattr(engine.teacher, "precomputed", None):
+                    teacher_out = _precomputed(engine.teacher.precomputed, batchdata, inputs)
+                elif engine.teacher_cache is None:
                     teacher_out = engine.teacher(inputs, return_features=True)
                 else:
                     teacher_out = engine.teacher_cache.outputs(engine.teacher, inputs, engine.composite.teacher_keys)
@@ -121,6 +137,16 @@ class ComposedLossTrainer(SupervisedTrainer):
             engine.state.metrics[f"loss_{name}"] = engine._term_sums[name] / engine._term_steps
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return engine.state.output
+
+
+def _precomputed(keys: Mapping[str, str], batchdata: Mapping, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Teacher outputs the data pipeline computed (a volume teacher's slice travels with the student's)."""
+    missing = [key for key in keys.values() if key not in batchdata]
+    if missing:
+        raise ValueError(f"the batch has no {missing}: the teacher's outputs are computed per volume in the data "
+                         "pipeline; add bundle.teacher.TeacherLogitsd to the training transforms and list its key "
+                         "in `slice_keys` (configs/teacher_bundle.json does both).")
+    return {name: torch.as_tensor(batchdata[key]).to(inputs.device, inputs.dtype) for name, key in keys.items()}
 
 
 def loss_logs(output: Mapping) -> dict[str, float]:

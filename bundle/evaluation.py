@@ -37,6 +37,7 @@ def evaluate_model(network_def, ckpt_path: str | Path | None, config_files: list
                                   LoadImaged, ResampleToMatchd)
 
     from .checkpoint import load_weights
+    from .teacher import binary_logit
 
     parser = ConfigParser()
     parser.read_config(config_files)
@@ -62,6 +63,8 @@ def evaluate_model(network_def, ckpt_path: str | Path | None, config_files: list
         with torch.no_grad():
             outputs = inferer(data["image"][None], network)
         logits = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+        if logits.shape[1] > 1:  # a softmax network (background, spleen): a 3D teacher
+            logits = binary_logit(logits, 1, "softmax")
         data["pred"] = torch.sigmoid(logits[0])
         prediction = np.asarray(to_image_grid(data)["pred"][0]) > 0
         label = np.asarray(load_reference({"image": str(image_path), "label": str(label_path)})["label"][0])
@@ -112,16 +115,18 @@ def summarised(per_subject: dict) -> dict:
 def evaluate_grid(out: Path) -> dict[str, dict]:
     """Every trained run of a ``spleen-kd grid`` output folder, with the configs and overrides its
     training used (``OUT/stages/<run>/train.json``) and its best checkpoint (``OUT/models/<run>/model.pt``)."""
-    from .workflows import located
+    from .workflows import EVALUATION, WORKFLOWS, located
 
-    evaluate = located("evaluate")
     results = {}
     for marker in sorted(Path(out).glob("stages/*/train.json")):
         run, trained = marker.parent.name, json.loads(marker.read_text())
         ckpt = Path(out) / "models" / run / "model.pt"
         if not ckpt.is_file():
             raise FileNotFoundError(f"{marker} says '{run}' was trained, but {ckpt} is missing.")
-        per_subject = evaluate_model(None, ckpt, [*trained["config_files"], evaluate],
+        names = {Path(f).name for f in trained["config_files"]}
+        evaluation = [located("evaluate"), *(located(f) for workflow, extra in EVALUATION.items()
+                                             if WORKFLOWS[workflow][-1] in names for f in extra)]
+        per_subject = evaluate_model(None, ckpt, [*trained["config_files"], *evaluation],
                                      overrides=trained["overrides"])
         results[run] = summarised(per_subject)
         print(f"{run}: mean Dice {results[run]['mean_dice']:.3f}", flush=True)

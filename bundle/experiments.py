@@ -50,6 +50,7 @@ class PlannedRun:
     baseline: str | None = None
     network: dict | None = None
     teacher: str | None = None
+    configs: tuple[str, ...] = ()  # configs merged after the grid's for this run (a 3D teacher's teacher_bundle.json)
 
 
 def load_grid(grid: str) -> dict:
@@ -97,6 +98,12 @@ def variant_spec(chosen) -> dict:
     return {"terms": chosen["terms"], "overrides": chosen.get("overrides", {}), "teacher": chosen.get("teacher")}
 
 
+def is_volume_teacher(network) -> bool:
+    """A grid teacher given as ``{"workflow": "teacher_3d", "overrides": {...}}``: a 3D MONAI network trained by
+    that workflow and distilled through ``configs/teacher_bundle.json``, instead of a slice network definition."""
+    return isinstance(network, dict) and "workflow" in network
+
+
 def fraction_tag(fraction: float) -> str:
     return f"f{round(fraction * 100)}"
 
@@ -112,18 +119,25 @@ def plan(grid: dict, out: Path, seeds: list[int], dataset_dir: str, split_seed: 
     shared = {"bundle_root": str(bundle_root()), "output_root": str(out), "dataset_dir": str(dataset_dir), "resume": True,
               "publish": False, **grid.get("overrides", {})}
 
-    def planned(name, stage, config, seed, fraction, network, baseline=None, teacher=None, **extra) -> PlannedRun:
+    def planned(name, stage, config, seed, fraction, network, baseline=None, teacher=None, configs=(), **extra) -> PlannedRun:
         overrides = {**shared, "datalist_file": str(datalist_path(out, fraction, split_seed)), "seed": seed,
                      "student_fraction": fraction, "run_name": name, **extra}
-        return PlannedRun(name, stage, config, seed, overrides, baseline, network, teacher)
+        return PlannedRun(name, stage, config, seed, overrides, baseline, network, teacher, tuple(configs))
 
     def defined(key: str, network: dict | None) -> dict:
         """A null network in the grid means the configs' own definition: no override."""
         return {} if network is None else {key: network}
 
-    runs = [planned(f"teacher-{teacher}", "teacher", f"teacher-{teacher}", split_seed, min(fractions), network,
-                    **defined("teacher_def", network)) for teacher, network in grid["teachers"].items()]
-    networks = dict(grid["teachers"])
+    runs, volume_teachers = [], {}
+    for teacher, network in grid["teachers"].items():
+        if is_volume_teacher(network):  # trained by its own workflow, written as a MONAI bundle folder
+            volume_teachers[teacher] = str(out / "bundles" / f"teacher-{teacher}")
+            runs.append(planned(f"teacher-{teacher}", network["workflow"], f"teacher-{teacher}", split_seed,
+                                min(fractions), None, **network.get("overrides", {})))
+        else:
+            runs.append(planned(f"teacher-{teacher}", "teacher", f"teacher-{teacher}", split_seed, min(fractions),
+                                network, **defined("teacher_def", network)))
+    networks = {name: None if name in volume_teachers else network for name, network in grid["teachers"].items()}
     for name, assistant in grid.get("assistants", {}).items():
         # a smaller network distilled once from a teacher, then a teacher itself (teacher assistant)
         teacher = assistant["teacher"]
@@ -157,11 +171,15 @@ def plan(grid: dict, out: Path, seeds: list[int], dataset_dir: str, split_seed: 
                         if spec["teacher"] and teacher != next(iter(grid["teachers"])):
                             continue  # a variant with its own teacher is planned once
                         config = f"{source}-{student}-{tag}-{variant}"
+                        if source in volume_teachers:
+                            teacher_from = {"configs": ("teacher_bundle",), "teacher_bundle": volume_teachers[source]}
+                        else:
+                            teacher_from = {**defined("teacher_def", networks[source]),
+                                            "teacher_ckpt": str(out / "models" / ckpts[source] / "model.pt")}
                         runs.append(planned(
                             f"{config}-s{seed}", "kd", config, seed, fraction, student_def, base, ckpts[source],
-                            **defined("student_def", student_def), **defined("teacher_def", networks[source]),
-                            teacher_ckpt=str(out / "models" / ckpts[source] / "model.pt"),
-                            **spec["overrides"], distill=spec["terms"]))
+                            **defined("student_def", student_def), **teacher_from, **spec["overrides"],
+                            distill=spec["terms"]))
     return runs
 
 
@@ -270,7 +288,7 @@ def _train(run: PlannedRun, files: list[str]) -> dict:
 
 def _evaluate(run: PlannedRun, out: Path, configs: list[str], log) -> dict:
     """Per-volume metrics of the run's best checkpoint on the test split, in ``OUT/eval/<run>/test/``."""
-    bundle_run("evaluating", config_files(run.stage, *configs, evaluate=True), **run.overrides, split="test",
+    bundle_run("evaluating", config_files(run.stage, *configs, *run.configs, evaluate=True), **run.overrides, split="test",
                 outputs=["seg", "rec"] if run.stage == "teacher" else ["seg"])
     summary = json.loads((eval_dir(out, run.name) / "summary.json").read_text())
     _log_test_metrics(out, run.name, summary, log)
@@ -419,13 +437,13 @@ def main(argv: list[str] | None = None) -> dict:
         data_note = f"Data: {args.cases} procedural phantom volumes (seed {args.split_seed}) in {dataset_dir}."
     runs = plan(grid, out, seeds, dataset_dir, args.split_seed)
     runs = select(runs, args.only) if args.only else runs
-    teachers = sum(run.stage == "teacher" for run in runs)
+    teachers = sum(run.name.startswith("teacher-") for run in runs)
     log(f"grid '{grid['name']}': {len(runs)} runs = {teachers} teacher(s) + {len(runs) - teachers} student runs over "
         f"{len(seeds)} seed(s); configs {configs}; {data_note}")
     if args.dry_run:
         for run in runs:
             done = "done" if _marker(out, run.name, "evaluate").exists() else "todo"
-            log(f"[{done}] {run.name}  ({' + '.join(Path(f).name for f in config_files(run.stage, *configs))})\n    "
+            log(f"[{done}] {run.name}  ({' + '.join(Path(f).name for f in config_files(run.stage, *configs, *run.configs))})\n    "
                 + json.dumps(run.overrides))
         return {"planned": [run.name for run in runs], "trained": [], "evaluated": []}
 
@@ -437,7 +455,7 @@ def main(argv: list[str] | None = None) -> dict:
     _write_datalists(runs, configs, dataset_dir, args.split_seed, log)
     trained, evaluated = [], []
     for run in runs:
-        files = config_files(run.stage, *configs)
+        files = config_files(run.stage, *configs, *run.configs)
         if _step(out, run.name, "train", lambda: _train(run, files), log):
             trained.append(run.name)
             _marker(out, run.name, "evaluate").unlink(missing_ok=True)  # a retrained run is evaluated again

@@ -39,9 +39,12 @@ WORKFLOWS = {
     "student": ("train.json",),
     "teacher": ("train.json", "teacher.json"),
     "kd": ("train.json", "kd.json"),
+    "teacher_3d": ("train.json", "teacher_3d.json"),
     "inference": ("inference.json",),
 }
-STAGES = ("teacher", "student", "kd")  # the training workflows, also their default run names
+EVALUATION = {"teacher_3d": ("evaluate_3d.json",)}  # evaluate.json is for slice networks; 3D ones add this
+STAGES = ("teacher", "student", "kd")  # the slice workflows (trained, evaluated), also their default run names
+TRAINABLE = (*STAGES, "teacher_3d")  # and a 3D MONAI UNet teacher, written as a MONAI bundle folder
 
 
 def located(name: str | Path) -> str:
@@ -57,12 +60,12 @@ def located(name: str | Path) -> str:
 
 
 def config_files(workflow: str, *extra: str | Path, evaluate: bool = False) -> list[str]:
-    """The absolute config files of ``workflow`` (a key of :data:`WORKFLOWS`), then ``evaluate.json`` if
-    asked, then the ``extra`` overrides in order."""
+    """The absolute config files of ``workflow`` (a key of :data:`WORKFLOWS`), then ``evaluate.json`` (and
+    the workflow's own evaluation override) if asked, then the ``extra`` overrides in order."""
     if workflow not in WORKFLOWS:
         raise ValueError(f"unknown workflow '{workflow}': one of {sorted(WORKFLOWS)}.")
-    return [*(located(f) for f in WORKFLOWS[workflow]), *([located("evaluate")] if evaluate else []),
-            *(located(f) for f in extra)]
+    evaluation = ["evaluate", *EVALUATION.get(workflow, ())] if evaluate else []
+    return [*(located(f) for f in WORKFLOWS[workflow]), *(located(f) for f in evaluation), *(located(f) for f in extra)]
 
 
 def bundle_run(run_id: str, files: Sequence[str], **overrides) -> None:

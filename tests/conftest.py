@@ -30,10 +30,10 @@ TINY_STUDENT = {"_target_": "bundle.networks.FeatureUNet", "in_channels": 1, "ou
 TINY_TEACHER = {**TINY_STUDENT, "reconstruction": True}
 
 
-def config_files(workflow: str, *extra: str) -> list[str]:
-    """The absolute config files of ``workflow`` followed by ``extra`` overrides, each a config name in
-    ``configs/`` (``"evaluate"``, ``"multi_gpu_train"``, ``"mlflow"``) or a path to a file."""
-    return _config_files(workflow, *extra)
+def config_files(workflow: str, *extra: str, evaluate: bool = False) -> list[str]:
+    """The absolute config files of ``workflow`` (and its evaluation configs if ``evaluate``) followed by
+    ``extra`` overrides, each a config name in ``configs/`` (``"evaluate"``, ``"mlflow"``) or a path to a file."""
+    return _config_files(workflow, *extra, evaluate=evaluate)
 
 
 def bundle_run(run_id: str, files: str | list[str], **overrides) -> None:

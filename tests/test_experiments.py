@@ -319,3 +319,31 @@ def test_tiny_grid_end_to_end_and_rerun_does_nothing(phantom_dir, tmp_path, monk
     assert again["trained"] == [] and again["evaluated"] == []
     assert len(client.search_runs([experiment])) == 4
     assert not list(elsewhere.iterdir())
+
+
+def test_a_grid_trains_a_3d_teacher_and_distils_from_its_bundle(phantom_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    unet = {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8], "strides": [2], "num_res_units": 0}
+    grid = {"description": "tiny 3D", "configs": [], "seeds": [0],
+            "overrides": {"slice_size": 32, "epochs": 1, "val_interval": 1, "slices_per_volume": 4, "sw_batch_size": 32,
+                          "amp": False},
+            "teachers": {"U3": {"workflow": "teacher_3d", "overrides": {
+                "teacher_3d_args": unet, "teacher_3d_roi": [32, 32, 16], "teacher_3d_pixdim": [6.0, 6.0, 10.0],
+                "patches_per_volume": 1}}},
+            "students": {"S1": TINY}, "variants": {"dist": ["dist"]}, "fractions": {"0.5": ["dist"]}, "anova": {}}
+    (tmp_path / "tiny3d.json").write_text(json.dumps(grid))
+    out = tmp_path / "out"
+    argv = ["--out", str(out), "--grid", str(tmp_path / "tiny3d.json"), "--dataset_dir", str(phantom_dir)]
+    planned = experiments.plan(experiments.load_grid(str(tmp_path / "tiny3d.json")), out, [0], str(phantom_dir))
+    kd = planned[-1]
+    assert [r.stage for r in planned] == ["teacher_3d", "student", "kd"] and kd.configs == ("teacher_bundle",)
+    assert kd.overrides["teacher_bundle"] == str(out / "bundles" / "teacher-U3") and "teacher_def" not in kd.overrides
+    names = ["teacher-U3", "S1-f50-base-s0", "U3-S1-f50-dist-s0"]
+    result = experiments.main(argv)
+    assert result["trained"] == names and result["evaluated"] == names
+    assert (out / "bundles" / "teacher-U3" / "configs" / "inference.json").is_file()
+    for name in names:  # the 3D teacher is scored per volume like the slice networks
+        rows = (experiments.eval_dir(out, name) / "metrics.csv").read_text().splitlines()
+        assert rows[0].startswith("case,dice") and len(rows) == 3
+    real = evaluate_real.evaluate_grid(out)  # the real CT fixtures, the 3D teacher through its own 3D evaluation
+    assert sorted(real) == sorted(names) and all(0.0 <= r["mean_dice"] <= 1.0 for r in real.values())
