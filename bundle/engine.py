@@ -70,7 +70,7 @@ class ComposedLossTrainer(SupervisedTrainer):
             missing = sorted(k.split(".", 1)[1] for k in term.inputs if k.startswith("teacher.") and k.split(".", 1)[1] not in provides)
             if missing:
                 raise ValueError(f"loss term '{name}' reads teacher output(s) {missing}, but the {type(teacher).__name__} "
-                                 f"gives only {sorted(provides)}. Map them to module names in `teacher_features` "
+                                 f"gives only {sorted(provides)}. Map them to module names in the adapter's `features` "
                                  "(2D teachers), or distil with logit terms only (`--distill \"['dist']\"`).")
 
     def _fp16_scaler(self):

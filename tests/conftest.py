@@ -129,3 +129,27 @@ def fitted_student(real_slices, tmp_path_factory):
     model_info.write(path, network, slice_size=FITTED_SIZE)
     export_onnx(network, path.with_suffix(".onnx"), FITTED_SIZE)
     return network, path, path.with_suffix(".onnx")
+
+
+@pytest.fixture(scope="session")
+def unlabelled_setup(phantom_dir, tmp_path_factory):
+    """A phantom split, a tiny saved teacher, and the teacher volumes copied without their labels."""
+    import shutil
+
+    import torch
+
+    from bundle.data.datalist import load_or_create_datalist
+    from bundle.networks import FeatureUNet
+
+    root = tmp_path_factory.mktemp("unlabelled")
+    datalist = load_or_create_datalist(str(phantom_dir), str(root / "datalist.json"))
+    images = root / "images_only"
+    images.mkdir()
+    for pair in datalist["teacher_train"]:  # images copied without their labels
+        shutil.copy(pair["image"], images / Path(pair["image"]).name)
+    torch.save(FeatureUNet(channels=(4, 8), bottleneck=8, reconstruction=True).state_dict(), root / "teacher.pt")
+    common = dict(bundle_root=str(REPO), output_root=str(root), dataset_dir=str(phantom_dir),
+                  datalist_file=str(root / "datalist.json"), slice_size=32, epochs=2, val_interval=1,
+                  slices_per_volume=4, sw_batch_size=32, teacher_def=TINY_TEACHER, student_def=TINY_STUDENT, amp=False, teacher_ckpt=str(root / "teacher.pt"),
+                  use_unlabeled=True, unlabeled_source=str(images))
+    return root, datalist, images, common

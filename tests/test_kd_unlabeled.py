@@ -2,8 +2,6 @@
 label files do not exist, and that the segmentation term never sees an unlabelled slice."""
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,38 +9,21 @@ from ignite.engine import Events
 from monai.bundle import ConfigParser
 from monai.utils import set_determinism
 
-from bundle.data.datalist import DataError, load_or_create_datalist
+from bundle.data.datalist import DataError
 from bundle.data.slicing import unlabeled_images
-from bundle.networks import FeatureUNet
-from conftest import REPO, TINY_STUDENT as STUDENT, TINY_TEACHER as TEACHER, bundle_run, config_files
+from conftest import bundle_run, config_files
 
 
-@pytest.fixture(scope="module")
-def setup(phantom_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("unlabelled")
-    datalist = load_or_create_datalist(str(phantom_dir), str(root / "datalist.json"))
-    images = root / "images_only"
-    images.mkdir()
-    for pair in datalist["teacher_train"]:  # images copied without their labels
-        shutil.copy(pair["image"], images / Path(pair["image"]).name)
-    torch.save(FeatureUNet(channels=(4, 8), bottleneck=8, reconstruction=True).state_dict(), root / "teacher.pt")
-    common = dict(bundle_root=str(REPO), output_root=str(root), dataset_dir=str(phantom_dir),
-                  datalist_file=str(root / "datalist.json"), slice_size=32, epochs=2, val_interval=1,
-                  slices_per_volume=4, sw_batch_size=32, teacher_def=TEACHER, student_def=STUDENT, amp=False, teacher_ckpt=str(root / "teacher.pt"),
-                  use_unlabeled=True, unlabeled_source=str(images))
-    return root, datalist, images, common
-
-
-def test_default_unlabelled_volumes_are_the_teachers_outside_the_student_subset(setup):
-    _, datalist, _, _ = setup
+def test_default_unlabelled_volumes_are_the_teachers_outside_the_student_subset(unlabelled_setup):
+    _, datalist, _, _ = unlabelled_setup
     found = [e["image"] for e in unlabeled_images(datalist)]
     labelled = {p["image"] for p in datalist["student_train"]}
     assert found and set(found) == {p["image"] for p in datalist["teacher_train"]} - labelled
     assert all(set(e) == {"image"} for e in unlabeled_images(datalist))  # labels are never handed on
 
 
-def test_unlabelled_sources_are_checked(setup, tmp_path):
-    _, datalist, images, _ = setup
+def test_unlabelled_sources_are_checked(unlabelled_setup, tmp_path):
+    _, datalist, images, _ = unlabelled_setup
     assert len(unlabeled_images(datalist, images)) == len(datalist["teacher_train"])
     listing = tmp_path / "list.json"
     listing.write_text(json.dumps([datalist["test"][0]["image"]]))
@@ -58,8 +39,8 @@ def test_unlabelled_sources_are_checked(setup, tmp_path):
         unlabeled_images(full)
 
 
-def test_kd_trains_on_images_without_label_files(setup):
-    root, _, images, common = setup
+def test_kd_trains_on_images_without_label_files(unlabelled_setup):
+    root, _, images, common = unlabelled_setup
     assert not any("label" in p.name for p in images.iterdir())
     bundle_run("training", "kd", **common)  # kd.json's default distillation recipe
     assert (root / "models" / "model.pt").is_file()
@@ -67,8 +48,8 @@ def test_kd_trains_on_images_without_label_files(setup):
     assert state["trainer"]["epoch"] == 2
 
 
-def test_segmentation_term_never_sees_an_unlabelled_slice(setup):
-    _, _, _, common = setup
+def test_segmentation_term_never_sees_an_unlabelled_slice(unlabelled_setup):
+    _, _, _, common = unlabelled_setup
     parser = ConfigParser()
     parser.read_config(config_files("kd"))
     parser.update({**common, "run_name": "spy", "distill": ["pmd"]})

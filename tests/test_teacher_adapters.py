@@ -10,7 +10,6 @@ import pytest
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
-from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import SegResNet, UNet
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd, ScaleIntensityRanged, Spacingd
@@ -18,7 +17,6 @@ from torch import nn
 
 from bundle.engine import ComposedLossTrainer
 from bundle.losses.composite import CompositeLoss, LossTerm
-from bundle.losses.logit_maps import InterPixelCorrelation
 from bundle.teacher import SliceTeacher, TeacherLogitsd, VolumeTeacher, binary_logit, from_bundle
 from conftest import META_FILE, REPO, TINY_STUDENT, config_files, error_chain
 
@@ -69,7 +67,7 @@ def test_a_term_reading_a_feature_the_adapter_does_not_give_is_refused_before_tr
     mse = LossTerm(nn.MSELoss(), ["network.encoder", "teacher.encoder"])
     student = torch.nn.Conv2d(1, 1, 1)
     with pytest.raises(ValueError, match=r"loss term 'mse' reads teacher output\(s\) \['encoder'\], but the "
-                                         r"SliceTeacher gives only \['seg'\]. Map them .* `teacher_features`"):
+                                         r"SliceTeacher gives only \['seg'\]. Map them .* `features`"):
         ComposedLossTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=[], network=student,
                             optimizer=torch.optim.SGD(student.parameters(), 0.1),
                             loss_function=CompositeLoss({"mse": mse}), teacher=teacher)
@@ -281,3 +279,25 @@ def test_a_3d_teacher_trained_here_is_a_bundle_that_kd_distils_from(phantom_dir,
     kd = _kd_workflow(phantom_dir, tmp_path / "kd", folder)
     kd.run()
     assert kd.parser.get_parsed_content("teacher").misses > 0
+
+
+def test_a_2d_monai_unet_teaches_through_the_config_as_docs_teachers_md_shows(phantom_dir, tmp_path):
+    weights = tmp_path / "my_unet.pt"
+    torch.save(_unet_2d().state_dict(), weights)
+    teacher = {"_target_": "bundle.teacher.SliceTeacher", "channel": 1, "activation": "softmax",
+               "network": f"$bundle.checkpoint.load_weights(monai.networks.nets.UNet(spatial_dims=2, in_channels=1, "
+                          f"out_channels=2, channels=[4, 8, 16], strides=[2, 2], num_res_units=0), '{weights}', role='teacher')",
+               "features": {"encoder": "model.1.submodule.1.submodule"}}  # the 16-channel bottom block
+    overrides = dict(bundle_root=str(REPO), output_root=str(tmp_path / "run"), dataset_dir=str(phantom_dir), slice_size=32,
+                     slices_per_volume=4, student_def=TINY_STUDENT, amp=False, epochs=1, val_interval=100, publish=False,
+                     teacher=teacher, distill=["dist", "infonce_encoder"])
+    workflow = ConfigWorkflow(config_file=config_files("kd"), meta_file=META_FILE, logging_file=False,
+                              workflow_type="train", run_id="training", **overrides)
+    workflow.initialize()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    terms = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: terms.append(dict(e.state.output["loss_terms"])))
+    workflow.run()
+    assert terms and all(float(t["dist"]) > 0 and float(t["infonce_encoder"]) > 0 for t in terms)
+    head = workflow.parser.get_parsed_content("loss").terms["infonce_encoder"].loss.teacher_head
+    assert next(p for p in head.parameters() if p.dim() == 4).shape[1] == 16  # sized from the tapped feature

@@ -24,11 +24,12 @@ class LossTerm(nn.Module):
     ``warmup_epochs`` ramps the weight linearly from 0 over the first epochs (a distillation term then
     starts once the student has found the spleen). ``labeled_only`` hands the loss only the rows of the
     batch that carry a label (``batch.labeled``), so a segmentation term never sees an unlabelled slice
-    while distillation terms use every slice.
+    while distillation terms use every slice; ``unlabeled_only`` only the others (pseudo-labels, which
+    stand in for the label where there is none).
     """
 
     def __init__(self, loss: nn.Module, inputs: Sequence[str], weight: float = 1.0, warmup_epochs: float = 0.0,
-                 labeled_only: bool = False):
+                 labeled_only: bool = False, unlabeled_only: bool = False):
         super().__init__()
         for address in inputs:
             source, _, key = address.partition(".")
@@ -39,11 +40,14 @@ class LossTerm(nn.Module):
                 )
         if warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}.")
+        if labeled_only and unlabeled_only:
+            raise ValueError("a loss term can be labeled_only or unlabeled_only, not both.")
         self.loss = loss
         self.inputs = tuple(inputs)
         self.weight = float(weight)
         self.warmup_epochs = float(warmup_epochs)
         self.labeled_only = bool(labeled_only)
+        self.unlabeled_only = bool(unlabeled_only)
 
     @property
     def needs_teacher(self) -> bool:
@@ -70,10 +74,13 @@ class LossTerm(nn.Module):
 
     def forward(self, sources: Mapping[str, Mapping[str, torch.Tensor] | None]) -> torch.Tensor:
         args = [self._read(address, sources) for address in self.inputs]
-        labeled = sources["batch"].get("labeled") if self.labeled_only else None
-        if labeled is not None:
+        labeled = sources["batch"].get("labeled")
+        if self.unlabeled_only or (self.labeled_only and labeled is not None):
+            if labeled is None:  # no unlabelled volumes in this run: every slice carries a label
+                labeled = torch.ones(args[0].shape[0])
             rows = torch.as_tensor(labeled, device=args[0].device).reshape(-1).bool()
-            if not rows.any():  # no labelled slice in this batch: a zero that keeps the graph
+            rows = ~rows if self.unlabeled_only else rows
+            if not rows.any():  # no such slice in this batch: a zero that keeps the graph
                 return args[0].new_zeros((), dtype=torch.float32) + sum(a.sum() * 0.0 for a in args if a.requires_grad)
             args = [a[rows] for a in args]
         return self.loss(*args)
