@@ -71,6 +71,35 @@ def resize(volume: np.ndarray, out_size, sigmas, align_corners: bool | None = No
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+def resize_slices(volume: np.ndarray, size: int, sigmas, window: tuple[float, float] | None = None) -> np.ndarray:
+    """``[Z, size, size]``: each axial slice of ``volume`` ``[X, Y, Z]`` windowed (``(v - low) / (high - low)``
+    clipped to [0, 1]) and resized in-plane, the same floats as :func:`resize` of the windowed volume to
+    ``(size, size, Z)`` with ``sigmas`` (no smoothing along Z), moved to slices first.
+
+    Slab by slab, so that every copy a sparse product needs is a slice that stays in the cache, whatever
+    the volume's memory layout (NIfTI volumes arrive in Fortran order, where :func:`resize`'s reshapes
+    are strided copies of the whole volume), and the result is already in the network's layout."""
+    if sigmas[2] > 0:
+        raise ValueError("resize_slices does not smooth along the slice axis.")
+    in_size = volume.shape[:2]
+    axes = [a for a in (0, 1) if in_size[a] != size or sigmas[a] > 0]
+    order = sorted(axes, key=lambda a: size / in_size[a])  # resize's order: the largest reduction first
+    matrices = {a: resize_weights(in_size[a], size, sigmas[a]).astype(np.float32) for a in axes}
+    out = np.empty((volume.shape[2], size, size), dtype=np.float32)
+    low, high = window if window is not None else (None, None)
+    for z in range(volume.shape[2]):
+        plane = volume[:, :, z]
+        if window is not None:
+            plane = np.clip((plane - np.float32(low)) / np.float32(high - low), 0.0, 1.0)
+        plane = plane.astype(np.float32, copy=False)  # [X, Y]
+        for axis in order:  # each product over the plane's first axis: bring the axis there, contiguous
+            rows = np.ascontiguousarray(plane if axis == 0 else plane.T)
+            plane = matrices[axis] @ rows
+            plane = plane if axis == 0 else plane.T
+        out[z] = plane
+    return out
+
+
 def thresholded_resize(volume: np.ndarray, out_size, threshold: float) -> np.ndarray:
     """``resize(volume, out_size, no smoothing) >= threshold`` as uint8, computed only where it can be true.
 
@@ -79,7 +108,7 @@ def thresholded_resize(volume: np.ndarray, out_size, threshold: float) -> np.nda
     the inputs at or above the threshold is resized, each of its voxels from the same inputs with the same
     weights in the same order as in the whole resize (the same floats). For a spleen's probability map
     brought back to a 512×512 grid that is a few per cent of the volume."""
-    mask = np.zeros(tuple(int(n) for n in out_size), dtype=np.uint8)
+    mask = np.zeros(tuple(int(n) for n in out_size), dtype=np.uint8, order="F")  # NIfTI's order
     box = foreground_box(volume >= threshold)
     if box is None:
         return mask
@@ -143,7 +172,7 @@ def keep_largest_component(mask: np.ndarray) -> np.ndarray:
         return mask
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    kept = mask.copy()
+    kept = mask.copy(order="K")  # the caller's memory layout
     kept[box][labels != np.argmax(sizes)] = 0
     return kept
 

@@ -219,3 +219,20 @@ def test_thresholded_resize_is_the_thresholded_whole_resize(shape, out):
         expected = (arrays.resize(volume, out, [0.0, 0.0, 0.0]) >= 0.5).astype(np.uint8)
         np.testing.assert_array_equal(arrays.thresholded_resize(volume, out, 0.5), expected)
     assert arrays.thresholded_resize(probability, out, 0.5).sum() > 0
+
+
+@pytest.mark.parametrize("layout", ["C", "F", "flipped"])
+@pytest.mark.parametrize("shape, size", [((96, 80, 5), 48), ((40, 40, 3), 64), ((50, 70, 4), 50)])
+def test_resize_slices_gives_resizes_floats_in_the_networks_layout(shape, size, layout):
+    """The light path's slab-by-slab window and resize equals the whole-volume one bit for bit, for the
+    memory layouts volumes arrive in (NIfTI: Fortran order; reoriented: flipped views)."""
+    from bundle import arrays
+
+    volume = np.random.default_rng(0).normal(40, 300, size=shape).astype(np.float32)
+    volume = {"C": volume, "F": np.asfortranarray(volume), "flipped": volume[::-1, :, ::-1]}[layout]
+    windowed = np.clip((volume - np.float32(-57)) / np.float32(221), 0.0, 1.0).astype(np.float32)
+    out = (size, size, shape[2])
+    sigmas = arrays.antialias_sigmas(windowed.shape, out)
+    got = arrays.resize_slices(volume, size, sigmas, window=(-57, 164))
+    assert got.flags.c_contiguous and got.shape == (shape[2], size, size)
+    np.testing.assert_array_equal(got, np.moveaxis(arrays.resize(windowed, out, sigmas), 2, 0))

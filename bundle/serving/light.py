@@ -137,19 +137,17 @@ class LightSegmenter:
     def network_input(self, volume: Volume) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
         """``[D, 1, S, S]`` slices as the network sees them, the orientation transform and the oriented shape."""
         oriented, transform = to_orientation(volume.array, volume.affine, self.info["axcodes"])
-        low, high = self.info["hu_window"]
-        windowed = np.clip((oriented - np.float32(low)) / np.float32(high - low), 0.0, 1.0).astype(np.float32)
         size = int(self.info["slice_size"])
-        out_size = (size, size, windowed.shape[2])
-        resized = arrays.resize(windowed, out_size, arrays.antialias_sigmas(windowed.shape, out_size))
-        return np.ascontiguousarray(np.moveaxis(resized, 2, 0)[:, None]), transform, oriented.shape
+        sigmas = arrays.antialias_sigmas(oriented.shape, (size, size, oriented.shape[2]))
+        slices = arrays.resize_slices(oriented, size, sigmas, window=self.info["hu_window"])
+        return slices[:, None], transform, oriented.shape
 
     def logits(self, slices: np.ndarray) -> np.ndarray:
         return np.concatenate([self.model(slices[i:i + self.batch_size])
                                for i in range(0, len(slices), self.batch_size)])
 
     def segment(self, volume: Volume) -> np.ndarray:
-        """The uint8 mask on the volume's own grid."""
+        """The uint8 mask on the volume's own grid (Fortran order, as NIfTI stores it)."""
         if any(p > 0 for p in self.info["pixdim"]):
             raise InputError("the model was trained on resampled voxels (pixdim); the light path does not "
                              "resample: segment with --engine monai.")
@@ -163,7 +161,7 @@ class LightSegmenter:
         mask = arrays.thresholded_resize(probability.astype(np.float32), oriented_shape, self.info["threshold"])
         if self.info["largest_component"]:
             mask = arrays.keep_largest_component(mask)
-        return np.ascontiguousarray(from_orientation(mask, transform))
+        return np.asfortranarray(from_orientation(mask, transform))  # NIfTI's order: written without a copy
 
 
 def mask_path(source: str, out_dir: str | os.PathLike) -> Path:
