@@ -170,7 +170,7 @@ def keep_largest_component(mask: np.ndarray) -> np.ndarray:
     labels, count = label_components(mask[box] > 0)
     if count <= 1:
         return mask
-    sizes = np.bincount(labels.ravel())
+    sizes = np.bincount(labels.ravel(order="K"))  # "K": no copy in whichever layout the labels come
     sizes[0] = 0
     kept = mask.copy(order="K")  # the caller's memory layout
     kept[box][labels != np.argmax(sizes)] = 0
