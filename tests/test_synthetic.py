@@ -318,3 +318,18 @@ def test_real_ct_scoring_puts_each_label_on_its_image_grid(totalseg_dir):
         assert results[subject]["dice"] == pytest.approx(dice(half, label), rel=0.02)
         assert results[subject]["dice"] > 0.05  # the spleen lies in that half
     assert dice(np.zeros(3, bool), np.zeros(3, bool)) == 1.0
+
+
+def test_every_case_has_the_slices_of_a_scan_the_bundle_accepts(source_map):
+    """Thick slices and views at the end of the anatomy once gave 3-slice volumes, which the input checks
+    (rightly) refuse as no CT series: every case has at least 8 slices (or max_slices, if fewer)."""
+    from bundle.checks import as_volume
+
+    source, stats = load_source(source_map), load_hu_stats()
+    for seed in range(12):
+        options = {**FAST, "slice_thickness_mm": (8.0, 8.0), "max_slices": 64, "tip_only_share": 1.0}
+        image, label, _, drawn = synthesize_case((7, seed), source, stats, options)
+        assert image.shape[2] >= 8 and label.shape == image.shape, (seed, image.shape, drawn["view"])
+        as_volume(image, f"case {seed}")
+    image, *_ = synthesize_case((7, 0), source, stats, {**FAST, "max_slices": 5})
+    assert image.shape[2] == 5

@@ -41,6 +41,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, Randomizable
 from scipy import ndimage
 
+from ..checks import MIN_SLICES
 from ..files import atomic_write_text
 from .assets import DEFAULT_SOURCES, DEFAULT_SPLEEN_MASKS, HU_STATS_FILE
 
@@ -76,6 +77,7 @@ SPLEEN_VALUES = (SPLEEN, SPLEEN_LESION)  # what the label calls spleen
 PRIOR_HU = {"bone": (350.0, 150.0), "lung": (-850.0, 60.0), "airway": (-950.0, 40.0), "muscle": (45.0, 15.0),
             "vessel": (150.0, 40.0), "bowel": (25.0, 25.0), "fluid": (10.0, 10.0), "fat": (-100.0, 20.0),
             "organ": (45.0, 15.0)}
+FEWEST_SLICES = 8  # the fewest slices of a generated volume (fewer only when max_slices asks for fewer)
 CLINICAL_THICKNESS_MM = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 5.0, 5.0, 7.0, 7.5, 8.0)
 
 
@@ -416,8 +418,12 @@ def _draw_acquisition(rng: np.random.Generator, source: SourceAnatomy, labels: n
             centre_z, notes["view"] = z_high - inside + extent_z / 2, "dome"
     else:
         centre_z = rng.uniform(z_low + 0.2 * (z_high - z_low), z_high - 0.2 * (z_high - z_low))
-    centre_z = float(np.clip(centre_z, thickness, top - thickness))
-    extent_z = max(2 * thickness, min(extent_z, 2 * centre_z, 2 * (top - centre_z)))
+    # a scan, not a slab: at least FEWEST_SLICES slices (the input checks refuse fewer than 4), so the
+    # range is moved inside the anatomy rather than cut to a few slices at its end
+    fewest = max(MIN_SLICES, min(FEWEST_SLICES, options.max_slices))
+    half = min(fewest * thickness, top) / 2
+    centre_z = float(np.clip(centre_z, half, top - half))
+    extent_z = max(fewest * thickness, min(extent_z, 2 * centre_z, 2 * (top - centre_z)))
     z_index = int(np.clip(round(centre_z / source.spacing[2]), 0, labels.shape[2] - 1))
     body = np.argwhere(source.distance_mm[:, :, z_index] < 25.0) * source.distance_spacing[:2]
     if len(body) == 0:
@@ -448,7 +454,7 @@ def _draw_acquisition(rng: np.random.Generator, source: SourceAnatomy, labels: n
         centre_xy = spleen_xy - away * (extent_xy.min() / 2 - rng.uniform(-0.3, 0.6) * reach)
         notes["fov_cut"] = True
     centre = np.array([*centre_xy, centre_z])
-    shape = (*(np.maximum(np.round(extent_xy / spacing_xy), 16).astype(int)), max(2, int(round(extent_z / thickness))))
+    shape = (*(np.maximum(np.round(extent_xy / spacing_xy), 16).astype(int)), max(fewest, int(round(extent_z / thickness))))
     angles = np.radians([rng.uniform(-5, 5), rng.uniform(-5, 5), rng.uniform(-15, 15)])
     rotation = np.eye(3)
     for axis, angle in enumerate(angles):
