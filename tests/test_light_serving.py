@@ -1,5 +1,6 @@
 """The light serving path (``spleen-kd segment``): no MONAI, no PyTorch, and the masks of configs/inference.json."""
 
+import json
 import subprocess
 import sys
 
@@ -236,3 +237,25 @@ def test_resize_slices_gives_resizes_floats_in_the_networks_layout(shape, size, 
     got = arrays.resize_slices(volume, size, sigmas, window=(-57, 164))
     assert got.flags.c_contiguous and got.shape == (shape[2], size, size)
     np.testing.assert_array_equal(got, np.moveaxis(arrays.resize(windowed, out, sigmas), 2, 0))
+
+
+def test_the_onnx_model_inference_json_exports_carries_its_checkpoints_description(fitted_student, totalseg_dir,
+                                                                                    tmp_path):
+    """inference.json exports the ONNX model when it is missing; the light path then checks that export
+    against the checkpoint like one made by `spleen-kd export`."""
+    import shutil
+
+    from bundle.serving import model_info
+    from bundle.serving.runtime import ONNX_DESCRIPTION, OnnxModel
+
+    _, ckpt, _ = fitted_student
+    served = tmp_path / "model.pt"
+    shutil.copy(ckpt, served)
+    shutil.copy(ckpt.with_suffix(".json"), served.with_suffix(".json"))
+    bundle_run("run", config_files("inference"), input_files=[str(totalseg_dir / "example_ct_sm.nii.gz")],
+               ckpt_path=str(served), output_dir=str(tmp_path / "monai"))
+    described = json.loads(OnnxModel(served.with_suffix(".onnx")).metadata[ONNX_DESCRIPTION])
+    expected = model_info.read(served)
+    assert described["checkpoint_sha256"] == expected["checkpoint_sha256"] == model_info.sha256(served)
+    assert described["network_def"] == expected["network_def"]
+    assert LightSegmenter.for_checkpoint(served).info["checkpoint_sha256"] == expected["checkpoint_sha256"]

@@ -106,10 +106,12 @@ def export_onnx(network: nn.Module, onnx_path: str | os.PathLike, slice_size: in
     return Path(onnx_path)
 
 
-def onnx_for(network: nn.Module, slice_size: int, onnx_path: str | os.PathLike | None, threads: int = 0) -> OnnxRuntimeNetwork:
+def onnx_for(network: nn.Module, slice_size: int, onnx_path: str | os.PathLike | None, threads: int = 0,
+             description: dict | None = None) -> OnnxRuntimeNetwork:
     """The ONNX Runtime session of ``network``'s weights: ``onnx_path`` as it is when its key matches
     (an int8 model made from these weights included), else exported there (into memory when ``onnx_path``
-    is None or cannot be written). A stale int8 model is refused: quantize again."""
+    is None or cannot be written) with ``description`` (the checkpoint's ``model.json``), as
+    ``spleen-kd export`` writes it. A stale int8 model is refused: quantize again."""
     import copy
 
     key = weights_key(network, slice_size)
@@ -123,12 +125,13 @@ def onnx_for(network: nn.Module, slice_size: int, onnx_path: str | os.PathLike |
         logger.info("ONNX model '%s' comes from other weights: exporting it again", onnx_path)
     if onnx_path is not None:
         try:
-            return OnnxRuntimeNetwork(export_onnx(copy.deepcopy(network), onnx_path, slice_size, key), threads=threads)
+            return OnnxRuntimeNetwork(export_onnx(copy.deepcopy(network), onnx_path, slice_size, key, description),
+                                      threads=threads)
         except OSError as error:
             logger.warning("cannot write the ONNX model '%s' (%s): exporting into memory", onnx_path, error)
     with tempfile.TemporaryDirectory() as tmp:  # the session keeps the model in memory
-        return OnnxRuntimeNetwork(export_onnx(copy.deepcopy(network), Path(tmp) / "model.onnx", slice_size, key),
-                                  threads=threads)
+        return OnnxRuntimeNetwork(export_onnx(copy.deepcopy(network), Path(tmp) / "model.onnx", slice_size, key,
+                                              description), threads=threads)
 
 
 def load_student(network: nn.Module, ckpt_path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -158,12 +161,14 @@ class AxialSliceInferer(Inferer):
     """
 
     def __init__(self, batch_size: int = 16, backend: str = "auto", threads: int = 0,
-                 onnx_path: str | os.PathLike | None = None, locate_threshold: float | None = None):
+                 onnx_path: str | os.PathLike | None = None, locate_threshold: float | None = None,
+                 description: dict | None = None):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
         resolve_backend(backend)  # a clear error for an unknown name, at construction
         self.batch_size, self.backend, self.threads, self.onnx_path = batch_size, backend, threads, onnx_path
+        self.description = description  # the checkpoint's model.json, written into an ONNX model it exports
         self.locate_threshold = locate_threshold  # set: segment only the located slab (arrays.located_logits)
         self._served: tuple[str, nn.Module] | None = None  # (weights_key, session) last exported
         self._process: tuple[int, str] | None = None
@@ -189,7 +194,7 @@ class AxialSliceInferer(Inferer):
             return network
         key = weights_key(network, slice_shape[0])
         if self._served is None or self._served[0] != key:
-            session = onnx_for(network, slice_shape[0], self.onnx_path, threads)
+            session = onnx_for(network, slice_shape[0], self.onnx_path, threads, self.description)
             self._served = (key, session)
             self._log(f"onnxruntime {session.version} ({session.precision}), {threads} threads, model "
                                  f"'{self.onnx_path or 'in memory'}' exported from the PyTorch network (requested: "
