@@ -126,7 +126,7 @@ def _module(network: nn.Module, name: str, key: str) -> nn.Module:
     modules = dict(network.named_modules())
     if name not in modules:
         near = [m for m in modules if m and (name.split(".")[0] in m)][:5]
-        raise ValueError(f"`teacher_features` names module {name!r} for {key!r}, which {type(network).__name__} does "
+        raise ValueError(f"`features` names module {name!r} for {key!r}, which {type(network).__name__} does "
                          f"not have{'; similar: ' + str(near) if near else ''}. List them with "
                          "`[n for n, _ in network.named_modules()]`.")
     return modules[name]
