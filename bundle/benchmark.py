@@ -266,14 +266,21 @@ def served_copy(name: str, ckpt: Path, out: Path, slice_size: int = 256) -> Path
     import shutil
 
     from .checkpoint import load_weights
+    from .networks import from_definition
     from .serving import model_info
     from .serving.backend import export_onnx
 
     out.mkdir(parents=True, exist_ok=True)
     served = out / "model.pt"
     shutil.copyfile(ckpt, served)
-    network = load_weights(build(name, slice_size), served)
-    model_info.write(served, network, slice_size=slice_size)
+    own = model_info.read(ckpt)
+    if own.get("checkpoint_sha256") == model_info.sha256(ckpt):  # a described checkpoint keeps its description
+        shutil.copyfile(model_info.info_path(ckpt), model_info.info_path(served))  # (slice size, window ...),
+        slice_size = int(own["slice_size"])  # as inference.json reads it: both paths then run the same model
+        network = load_weights(from_definition(own["network_def"]), served)
+    else:
+        network = load_weights(build(name, slice_size), served)
+        model_info.write(served, network, slice_size=slice_size)
     info = model_info.read(served)
     export_onnx(network, served.with_suffix(".onnx"), slice_size, description=info)
     return served

@@ -259,3 +259,15 @@ def test_the_onnx_model_inference_json_exports_carries_its_checkpoints_descripti
     assert described["checkpoint_sha256"] == expected["checkpoint_sha256"] == model_info.sha256(served)
     assert described["network_def"] == expected["network_def"]
     assert LightSegmenter.for_checkpoint(served).info["checkpoint_sha256"] == expected["checkpoint_sha256"]
+
+
+def test_the_benchmark_serves_a_described_checkpoint_with_its_own_description(fitted_student, tmp_path):
+    """The benchmark once re-described every checkpoint for 256² slices, so its light-path rows ran the
+    shipped 128² models at 4× their cost while its inference.json rows read the real description."""
+    from bundle.benchmark import served_copy
+    from bundle.serving import model_info
+
+    _, ckpt, _ = fitted_student
+    served = served_copy("S1-fast", ckpt, tmp_path / "copy")
+    assert model_info.read(served)["slice_size"] == model_info.read(ckpt)["slice_size"] == FITTED_SIZE
+    assert LightSegmenter.for_checkpoint(served).info["checkpoint_sha256"] == model_info.sha256(ckpt)
