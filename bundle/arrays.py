@@ -58,32 +58,20 @@ def antialias_sigmas(in_size, out_size, anti_aliasing: bool = True) -> list[floa
     return [max(0.0, (f - 1) / 2) for f in factors]
 
 
-def resize(volume: np.ndarray, out_size, sigmas, align_corners: bool | None = None) -> np.ndarray:
-    """``[*spatial]`` float32 resized axis by axis with :func:`resize_weights` (the largest reduction first,
-    as the MONAI path does)."""
-    out = volume
-    axes = [a for a in range(volume.ndim) if out_size[a] != volume.shape[a] or sigmas[a] > 0]
-    for axis in sorted(axes, key=lambda a: out_size[a] / volume.shape[a]):
-        matrix = resize_weights(out.shape[axis], out_size[axis], sigmas[axis], align_corners).astype(np.float32)
-        moved = np.moveaxis(out, axis, 0)
-        product = matrix @ moved.reshape(moved.shape[0], -1)
-        out = np.moveaxis(product.reshape(-1, *moved.shape[1:]), 0, axis)
-    return np.ascontiguousarray(out, dtype=np.float32)
-
-
 def resize_slices(volume: np.ndarray, size: int, sigmas, window: tuple[float, float] | None = None) -> np.ndarray:
     """``[Z, size, size]``: each axial slice of ``volume`` ``[X, Y, Z]`` windowed (``(v - low) / (high - low)``
-    clipped to [0, 1]) and resized in-plane, the same floats as :func:`resize` of the windowed volume to
-    ``(size, size, Z)`` with ``sigmas`` (no smoothing along Z), moved to slices first.
+    clipped to [0, 1]) and resized in-plane: the same floats as one :func:`resize_weights` product per axis
+    over the whole windowed volume (the largest reduction first, as the MONAI path orders them), with
+    ``sigmas`` (no smoothing along Z), moved to slices first.
 
     Slab by slab, so that every copy a sparse product needs is a slice that stays in the cache, whatever
-    the volume's memory layout (NIfTI volumes arrive in Fortran order, where :func:`resize`'s reshapes
-    are strided copies of the whole volume), and the result is already in the network's layout."""
+    the volume's memory layout (NIfTI volumes arrive in Fortran order, where a whole-volume product's
+    reshapes are strided copies of the whole volume), and the result is already in the network's layout."""
     if sigmas[2] > 0:
         raise ValueError("resize_slices does not smooth along the slice axis.")
     in_size = volume.shape[:2]
     axes = [a for a in (0, 1) if in_size[a] != size or sigmas[a] > 0]
-    order = sorted(axes, key=lambda a: size / in_size[a])  # resize's order: the largest reduction first
+    order = sorted(axes, key=lambda a: size / in_size[a])  # the largest reduction first
     matrices = {a: resize_weights(in_size[a], size, sigmas[a]).astype(np.float32) for a in axes}
     out = np.empty((volume.shape[2], size, size), dtype=np.float32)
     low, high = window if window is not None else (None, None)
@@ -101,7 +89,8 @@ def resize_slices(volume: np.ndarray, size: int, sigmas, window: tuple[float, fl
 
 
 def thresholded_resize(volume: np.ndarray, out_size, threshold: float) -> np.ndarray:
-    """``resize(volume, out_size, no smoothing) >= threshold`` as uint8, computed only where it can be true.
+    """The whole-volume linear resize of ``volume`` to ``out_size`` (one :func:`resize_weights` product per axis,
+    no smoothing) ``>= threshold`` as uint8, computed only where it can be true.
 
     Linear interpolation makes every output a convex combination of inputs, so an output whose inputs all
     lie below the threshold lies below it too: only the output box whose inputs reach the bounding box of
@@ -127,7 +116,7 @@ def thresholded_resize(volume: np.ndarray, out_size, threshold: float) -> np.nda
         in_box.append(columns)
         matrices[axis] = weights[rows][:, columns].astype(np.float32)
     out = volume[tuple(in_box)]
-    for axis in sorted(matrices, key=lambda a: out_size[a] / volume.shape[a]):  # resize's order
+    for axis in sorted(matrices, key=lambda a: out_size[a] / volume.shape[a]):  # the largest reduction first
         moved = np.moveaxis(out, axis, 0)
         product = matrices[axis] @ moved.reshape(moved.shape[0], -1)
         out = np.moveaxis(product.reshape(-1, *moved.shape[1:]), 0, axis)

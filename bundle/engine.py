@@ -67,7 +67,8 @@ class ComposedLossTrainer(SupervisedTrainer):
         if provides is None:
             return
         for name, term in self.composite.terms.items():
-            missing = sorted(k.split(".", 1)[1] for k in term.inputs if k.startswith("teacher.") and k.split(".", 1)[1] not in provides)
+            read = [address.partition(".")[2] for address in term.inputs if address.startswith("teacher.")]
+            missing = sorted(key for key in read if key not in provides)
             if missing:
                 raise ValueError(f"loss term '{name}' reads teacher output(s) {missing}, but the {type(teacher).__name__} "
                                  f"gives only {sorted(provides)}. Map them to module names in the adapter's `features` "

@@ -100,6 +100,11 @@ DOWNLOAD_HINT = ("On a machine with internet access: `python -m monai.bundle dow
                  "--bundle_dir bundles` gives bundles/spleen_ct_segmentation.")
 
 
+def check_activation(activation: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"`teacher_activation` is {activation!r}; use one of {ACTIVATIONS}.")
+
+
 def binary_logit(logits: torch.Tensor, channel: int, activation: str, dim: int = 1) -> torch.Tensor:
     """The logit ``z`` with ``sigmoid(z)`` = the teacher's probability of ``channel`` (kept as a size-1 ``dim``).
 
@@ -107,8 +112,7 @@ def binary_logit(logits: torch.Tensor, channel: int, activation: str, dim: int =
     ``l_c - logsumexp_{j != c} l_j``, exact and stable, so a two-class (background, spleen) or a
     multi-organ teacher becomes the student's one-channel logit.
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"`teacher_activation` is {activation!r}; use one of {ACTIVATIONS}.")
+    check_activation(activation)
     count = logits.shape[dim]
     if not -count <= channel < count:
         raise ValueError(f"`teacher_channel` {channel} does not exist: the teacher gives {count} channel(s).")
@@ -205,8 +209,7 @@ class VolumeTeacher(nn.Module):
                  channel: int = 1, activation: str = "softmax", device: str | torch.device | None = None,
                  cache_megabytes: float = 2048, amp: bool = False, image_key: str = "image"):
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"`teacher_activation` is {activation!r}; use one of {ACTIVATIONS}.")
+        check_activation(activation)
         self.network = network
         self.preprocessing, self.inferer = preprocessing, inferer
         self.channel, self.activation = channel, activation
