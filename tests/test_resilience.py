@@ -115,6 +115,17 @@ def test_the_next_write_removes_the_temporary_file_a_killed_write_left(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".other.pt.abc123.tmp", "ckpt.pt"]
 
 
+def test_a_write_never_removes_the_temporary_of_a_live_writer_of_the_same_file(tmp_path):
+    """Two ranks writing one datalist: the one that finishes first must not take the other's file."""
+    from bundle.files import atomic_open, atomic_write_text
+
+    path = tmp_path / "datalist.json"
+    with atomic_open(path) as slow:
+        slow.write("slow")
+        atomic_write_text(path, "fast")  # finishes while the slow writer is still open
+    assert path.read_text() == "slow" and [p.name for p in tmp_path.iterdir()] == ["datalist.json"]
+
+
 def test_a_corrupt_checkpoint_is_named(tmp_path):
     path = tmp_path / "model.pt"
     torch.save(FeatureUNet().state_dict(), path)
