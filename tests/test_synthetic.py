@@ -333,3 +333,18 @@ def test_every_case_has_the_slices_of_a_scan_the_bundle_accepts(source_map):
         as_volume(image, f"case {seed}")
     image, *_ = synthesize_case((7, 0), source, stats, {**FAST, "max_slices": 5})
     assert image.shape[2] == 5
+
+
+def test_a_second_folder_from_first_case_holds_the_same_cases_as_one_long_run(tmp_path, source_map):
+    from bundle.cli import main
+
+    common = ["--seed", "3", "--sources", source_map, "--matrix_share", "0", "--inplane_spacing", "2.5", "3.0",
+              "--slice_thickness", "3", "5", "--max_slices", "8"]
+    assert main(["synthesize", "--out", str(tmp_path / "long"), "--cases", "3", *common]) == 0
+    assert main(["synthesize", "--out", str(tmp_path / "more"), "--cases", "1", "--first_case", "2", *common]) == 0
+    assert sorted(p.name for p in (tmp_path / "more" / "imagesTr").iterdir()) == ["spleen_2.nii.gz"]
+    for folder in ("imagesTr", "labelsTr"):
+        np.testing.assert_array_equal(nib.load(tmp_path / "more" / folder / "spleen_2.nii.gz").get_fdata(),
+                                      nib.load(tmp_path / "long" / folder / "spleen_2.nii.gz").get_fdata())
+    with pytest.raises(SystemExit, match="--first_case -1 is negative"):
+        main(["synthesize", "--out", str(tmp_path / "bad"), "--cases", "1", "--first_case", "-1", *common])

@@ -5,6 +5,7 @@ procedural phantoms.
     spleen-kd synthesize --out data/small --cases 16 --matrix_share 0 --slice_thickness 3 5 --max_slices 24
     spleen-kd synthesize --out data/mine --sources my_maps/*.nii.gz --naming totalsegmentator
     spleen-kd synthesize --out data/phantoms --phantoms --cases 16
+    spleen-kd synthesize --out data/more --cases 84 --first_case 40   # cases 40-123: new, disjoint from data/small's 0-39
 
 By default the anatomy comes from the three TotalSegmentator dataset subjects with a spleen (package data,
 ``bundle/data/sources/totalseg``), their spleens replaced by the 40 MSD masks; never from the maps of
@@ -27,6 +28,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", required=True, help="output folder (imagesTr/, labelsTr/, dataset.json)")
     parser.add_argument("--cases", type=int, default=16, help="number of volumes (sources are used in turn)")
     parser.add_argument("--seed", type=int, default=0, help="same seed, sources and options: same files")
+    parser.add_argument("--first_case", type=int, default=0,
+                        help="number of the first case: a second folder of cases that no first folder holds "
+                             "(e.g. more unlabelled volumes of the same seed)")
     parser.add_argument("--phantoms", action="store_true", help="procedural phantoms instead (fast; tests use them)")
     parser.add_argument("--sources", nargs="+", default=[str(s) for s in DEFAULT_SOURCES],
                         help="label maps with TotalSegmentator structures (1 = spleen)")
@@ -49,6 +53,11 @@ def main(argv: list[str] | None = None) -> Path:
 
     start = time.perf_counter()
     try:
+        if args.first_case < 0:
+            raise ValueError(f"--first_case {args.first_case} is negative; give 0 or the number after the last case "
+                             "of the folders you already have.")
+        if args.phantoms and args.first_case:
+            raise ValueError("--first_case applies to synthetic CT; phantoms always start at case 0.")
         if args.phantoms:
             from .phantoms import make_phantom_dataset
 
@@ -61,7 +70,7 @@ def main(argv: list[str] | None = None) -> Path:
                 ("slice_thickness_mm", args.slice_thickness), ("max_slices", args.max_slices)) if value is not None}
             options["spleen_masks"] = args.spleen_masks
             path = make_synthetic_dataset(args.out, args.cases, args.seed, args.sources, args.naming, args.hu_stats,
-                                          log=print, **options)
+                                          first_case=args.first_case, log=print, **options)
     except (DataError, ValueError) as error:
         sys.exit(f"error: {error}")
     print(f"wrote {args.cases} {'phantom' if args.phantoms else 'synthetic CT'} volumes and {path} in "
