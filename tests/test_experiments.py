@@ -193,6 +193,23 @@ def test_a_variant_without_terms_is_the_student_alone_with_its_overrides(tmp_pat
     assert [r.name for r in experiments.select(runs, ["S1-f50-aug-*"])] == ["S1-f50-base-s0", "S1-f50-aug-s0"]
 
 
+def test_levers_grid_shares_the_alternatives_runs_and_plans_each_teachers_variants_once(tmp_path):
+    levers = experiments.plan(experiments.load_grid("levers"), tmp_path, [0], "/data/synthetic")
+    alternatives = experiments.plan(experiments.load_grid("alternatives"), tmp_path, [0], "/data/synthetic")
+    by_name = {r.name: r for r in levers}
+    assert [r.name for r in levers[:2]] == ["teacher-T1", "teacher-T2"] and len(levers) == 2 + 9  # base + 8 arms
+    assert by_name["teacher-T2"].network["hidden_size"] == 384
+    shared = {"teacher-T1", "S1-f50-base-s0", "T1-S1-f50-dist+unl-s0", "T1-S1-f50-pseudo-s0"}
+    assert shared <= {r.name for r in alternatives}  # one --out: these are not trained twice
+    for name in shared:
+        assert by_name[name].overrides == {r.name: r for r in alternatives}[name].overrides
+    vit = by_name["T2-S1-f50-vit-dist+unl-s0"]
+    assert vit.teacher == "teacher-T2" and vit.overrides["teacher_ckpt"] == str(tmp_path / "models/teacher-T2/model.pt")
+    assert not any(r.name.startswith("T2-") and r.name != vit.name for r in levers)
+    assert by_name["T1-S1-f50-pseudo96-s0"].overrides["unlabeled_source"] == "unlabelled/pool_96.json"
+    assert by_name["T1-S1-f50-dist+unl-long-s0"].overrides["epochs"] == 90
+
+
 def test_grids_with_unknown_terms_are_refused(tmp_path):
     spec = json.loads((REPO / "configs/experiments/smoke.json").read_text())
     spec["variants"]["nce_enc"] = ["infonce_encoderr"]
