@@ -39,6 +39,7 @@ FAMILIES = {
     "levers": [("dist+unl48", "dist+unl"), ("dist+unl96", "dist+unl"), ("pseudo48", "pseudo"), ("pseudo96", "pseudo"),
                ("dist+unl-long", "dist+unl"), ("T2:dist+unl", "dist+unl")],
 }
+UNLABELLED_ARMS = ["dist+unl", "pseudo", "pseudo-soft", "dist+unl+pseudo", "thesis+unl"]  # the default's candidates
 CURVE = {"dist+unl": {12: "dist+unl", 48: "dist+unl48", 96: "dist+unl96"},
          "pseudo": {12: "pseudo", 48: "pseudo48", 96: "pseudo96"}}
 
@@ -104,6 +105,21 @@ def main() -> None:
         for (a, b), t, h, (g, seeds) in zip(pairs, tests, holm([t.p for t in tests]), gains):
             comparisons[f"{a} vs {b}"] = {"gain": round(g, 4), "p": round(t.p, 4), "p_holm": round(h, 4),
                                           "seeds": seeds, "family": family}
+    # The rule fixed before seeds 3-4 (docs/results/README.md): the best candidate by mean test Dice becomes
+    # kd.json's default unless dist+unl is significantly better than it (one paired test, outside the families).
+    best = max((a for a in UNLABELLED_ARMS if a in arms), key=lambda a: arms[a]["dice_mean"])
+    decision = {"rule": "highest mean test Dice among " + ", ".join(UNLABELLED_ARMS) + ", unless dist+unl is "
+                        "significantly better than it (paired t over the test volumes, p < 0.05)", "best": best}
+    if best != "dist+unl":
+        seeds = sorted(set(by_seed[best]) & set(by_seed["dist+unl"]))
+        x, y = averaged(best, seeds), averaged("dist+unl", seeds)
+        test = paired_t(x, y)
+        decision[f"{best} vs dist+unl"] = {"gain": round(statistics.mean(x[c] - y[c] for c in x), 4),
+                                           "p": round(test.p, 4), "seeds": seeds}
+        kept = decision[f"{best} vs dist+unl"]["gain"] < 0 and test.p < 0.05
+        decision["default"] = "dist+unl" if kept else best
+    else:
+        decision["default"] = best
     teacher = arms["teacher"]
     gaps = {name: {"synthetic": round(teacher["dice_mean"] - arm["dice_mean"], 4),
                    "real_ct": round(teacher["real_ct_mean"] - arm["real_ct_mean"], 4) if arm["real_ct_mean"] is not None else None}
@@ -122,7 +138,7 @@ def main() -> None:
               "grids": ["configs/experiments/alternatives.json", "configs/experiments/levers.json"],
               "hardware": "2-core Intel Xeon development machine, 24 GiB, no GPU; torch 2.13 CPU, MONAI 1.6.1",
               "seeds": args.seeds, "test_volumes": len(next(iter(by_seed["base"].values()))), "arms": arms,
-              "comparisons": comparisons, "gap_to_teacher_T1": gaps, "unlabelled_volumes_curve": curve}
+              "comparisons": comparisons, "default_decision": decision, "gap_to_teacher_T1": gaps, "unlabelled_volumes_curve": curve}
     (here / "alternatives.json").write_text(json.dumps(result, indent=2) + "\n")
 
     rows = ["| arm | seeds | test Dice (synthetic, 12 volumes) | real CT: DICOM / NIfTI fixture, mean | gap to T1 (synthetic / real) | minutes per run (core-hours) |",
@@ -140,6 +156,8 @@ def main() -> None:
                  "| comparison | seeds | gain (Dice) | p (paired t) | p (Holm) |", "| --- | --- | --- | --- | --- |"]
         rows += [f"| {k} | {len(v['seeds'])} | {v['gain']:+.4f} | {v['p']:.4f} | {v['p_holm']:.4f} |"
                  for k, v in comparisons.items() if v["family"] == family]
+    rows += ["", f"Default (rule fixed before seeds 3-4): {decision['default']}; "
+             + "; ".join(f"{k}: gain {v['gain']:+.4f}, p {v['p']:.4f}" for k, v in decision.items() if k.endswith("vs dist+unl"))]
     (here / "alternatives.md").write_text("# Distillation against pseudo-labels, the oracle and the thesis's recipe; levers "
                                           "(`configs/experiments/alternatives.json`, `levers.json`)\n\n" + "\n".join(rows) + "\n")
 
