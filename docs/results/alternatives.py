@@ -73,7 +73,7 @@ def main() -> None:
     for name, run in TEACHERS.items():
         if (d := dice(run)) is not None:
             arms[name] = {"dice_mean": round(statistics.mean(d.values()), 4), "dice_std": None, "seeds": [],
-                          "real_ct_mean": real_ct(run)["mean"], "real_ct": real_ct(run),
+                          "real_ct_mean": (real_ct(run) or {}).get("mean"), "real_ct": real_ct(run),
                           "train_minutes": round(seconds(run) / 60, 1), "core_hours": round(seconds(run) * CORES / 3600, 2)}
     for name, config in {**ARMS, **LEVERS}.items():
         by_seed[name] = {s: d for s in args.seeds if (d := dice(f"{config}-s{s}")) is not None}

@@ -107,7 +107,7 @@ def main() -> None:
                                    "p": round(t.p, 4), "p_holm": round(h, 4), "volumes": t.n}
                    for (a, b), t, h in zip(COMPARISONS, tests, adjusted)}
     result = {"command": __doc__.split("\n\n")[1].strip().splitlines(), "grid": "configs/experiments/teacher_3d.json",
-              "hardware": "2-core AMD EPYC development machine, 24 GiB, no GPU; torch 2.13 CPU, MONAI 1.6.1",
+              "hardware": "2-core Intel Xeon development machine, 24 GiB, no GPU; torch 2.13 CPU, MONAI 1.6.1",
               "seeds": args.seeds, "test_volumes": len(next(iter(averaged.values()))), "arms": arms,
               "comparisons": comparisons, "cost_per_run": cost}
     (here / "teacher_3d.json").write_text(json.dumps(result, indent=2) + "\n")
