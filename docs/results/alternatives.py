@@ -72,9 +72,10 @@ def main() -> None:
     arms, by_seed = {}, {}
     for name, run in TEACHERS.items():
         if (d := dice(run)) is not None:
+            on_real, took = real_ct(run), seconds(run)
             arms[name] = {"dice_mean": round(statistics.mean(d.values()), 4), "dice_std": None, "seeds": [],
-                          "real_ct_mean": (real_ct(run) or {}).get("mean"), "real_ct": real_ct(run),
-                          "train_minutes": round(seconds(run) / 60, 1), "core_hours": round(seconds(run) * CORES / 3600, 2)}
+                          "real_ct_mean": on_real["mean"] if on_real else None, "real_ct": on_real,
+                          "train_minutes": round(took / 60, 1), "core_hours": round(took * CORES / 3600, 2)}
     for name, config in {**ARMS, **LEVERS}.items():
         by_seed[name] = {s: d for s in args.seeds if (d := dice(f"{config}-s{s}")) is not None}
         seeds = sorted(by_seed[name])
@@ -93,16 +94,17 @@ def main() -> None:
         cases = by_seed[name][seeds[0]]
         return {c: statistics.mean(by_seed[name][s][c] for s in seeds) for c in cases}
 
+    def paired(a: str, b: str):
+        """Gain of a over b, the paired t-test and the seeds: per-volume Dice averaged over the seeds both have."""
+        seeds = sorted(set(by_seed[a]) & set(by_seed[b]))
+        x, y = averaged(a, seeds), averaged(b, seeds)
+        return statistics.mean(x[c] - y[c] for c in x), paired_t(x, y), seeds
+
     comparisons = {}
     for family, pairs in FAMILIES.items():
         pairs = [(a, b) for a, b in pairs if by_seed.get(a) and by_seed.get(b)]
-        tests, gains = [], []
-        for a, b in pairs:
-            seeds = sorted(set(by_seed[a]) & set(by_seed[b]))
-            x, y = averaged(a, seeds), averaged(b, seeds)
-            tests.append(paired_t(x, y))
-            gains.append((statistics.mean(x[c] - y[c] for c in x), seeds))
-        for (a, b), t, h, (g, seeds) in zip(pairs, tests, holm([t.p for t in tests]), gains):
+        results = [paired(a, b) for a, b in pairs]
+        for (a, b), (g, t, seeds), h in zip(pairs, results, holm([t.p for _, t, _ in results])):
             comparisons[f"{a} vs {b}"] = {"gain": round(g, 4), "p": round(t.p, 4), "p_holm": round(h, 4),
                                           "seeds": seeds, "family": family}
     # The rule fixed before seeds 3-4 (docs/results/README.md): the best candidate by mean test Dice becomes
@@ -111,12 +113,9 @@ def main() -> None:
     decision = {"rule": "highest mean test Dice among " + ", ".join(UNLABELLED_ARMS) + ", unless dist+unl is "
                         "significantly better than it (paired t over the test volumes, p < 0.05)", "best": best}
     if best != "dist+unl":
-        seeds = sorted(set(by_seed[best]) & set(by_seed["dist+unl"]))
-        x, y = averaged(best, seeds), averaged("dist+unl", seeds)
-        test = paired_t(x, y)
-        decision[f"{best} vs dist+unl"] = {"gain": round(statistics.mean(x[c] - y[c] for c in x), 4),
-                                           "p": round(test.p, 4), "seeds": seeds}
-        kept = decision[f"{best} vs dist+unl"]["gain"] < 0 and test.p < 0.05
+        gain, test, seeds = paired(best, "dist+unl")
+        decision[f"{best} vs dist+unl"] = {"gain": round(gain, 4), "p": round(test.p, 4), "seeds": seeds}
+        kept = gain < 0 and test.p < 0.05
         decision["default"] = "dist+unl" if kept else best
     else:
         decision["default"] = best

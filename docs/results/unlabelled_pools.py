@@ -12,6 +12,8 @@ import os
 import re
 from pathlib import Path
 
+from bundle.data.slicing import unlabeled_images
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -20,8 +22,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", required=True)
     args = parser.parse_args()
     split = json.loads(Path(args.datalist).read_text())
-    labelled = {pair["image"] for pair in split["student_train"]}
-    pool = [pair["image"] for pair in split["teacher_train"] if pair["image"] not in labelled]
+    pool = [entry["image"] for entry in unlabeled_images(split)]  # the default pool: kd.json's own choice
     extra = Path(args.extra)
     number = lambda path: int(re.search(r"(\d+)\.nii\.gz$", path.name).group(1))
     pool += [str(p) for p in sorted((extra / "imagesTr").glob("spleen_*.nii.gz"), key=number)]
