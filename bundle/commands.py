@@ -61,7 +61,7 @@ def _evaluate_real(args) -> dict:
     elif args.grid:
         results = evaluate_grid(Path(args.grid))
     else:
-        shipped = [models_dir() / "model.pt", models_dir() / "fast" / "model.pt", models_dir() / "teacher" / "model.pt"]
+        shipped = [models_dir() / "model.pt", models_dir() / "s1" / "model.pt", models_dir() / "teacher" / "model.pt"]
         checkpoints = [Path(c) for c in args.ckpt] or [c for c in shipped if c.is_file()]
         results = {}
         for ckpt in checkpoints:
@@ -94,7 +94,7 @@ def evaluate(argv: list[str]) -> int:
     parser.add_argument("--split", default="test", choices=["test", "validation", "teacher_train", "student_train"])
     parser.add_argument("--real", action="store_true", help="Dice on the real CT fixtures instead")
     parser.add_argument("--ckpt", action="append", default=[], help="with --real: checkpoints with their model.json "
-                        "(default: models/model.pt, models/fast/model.pt, models/teacher/model.pt)")
+                        "(default: models/model.pt, models/s1/model.pt, models/teacher/model.pt)")
     parser.add_argument("--demo", help="with --real: a `spleen-kd demo` output folder")
     parser.add_argument("--grid", help="with --real: a `spleen-kd grid` output folder")
     parser.add_argument("--json", help="with --real: also write the results to this JSON file")

@@ -30,7 +30,7 @@ def config_dir() -> Path:
 
 
 def models_dir() -> Path:
-    """The shipped weights: ``model.pt`` (the served student), ``fast/``, ``teacher/``."""
+    """The shipped weights: ``model.pt`` (the served student S1-fast), ``s1/``, ``teacher/``."""
     return bundle_root() / "models"
 
 
@@ -95,8 +95,11 @@ def parsed(files: Sequence[str], overrides: dict | None = None):
 
 
 def network_definition(files: Sequence[str], workflow: str, overrides: dict | None = None) -> dict:
-    """The network a training workflow trains: ``teacher_def`` for the teacher, ``student_def`` otherwise."""
-    return parsed(files, overrides).get("teacher_def" if workflow == "teacher" else "student_def")
+    """The network a training workflow trains: ``teacher_def`` for the teacher, ``student_def`` otherwise, its
+    expressions evaluated (train.json's student takes the served model's ``stem_stride``)."""
+    key = "teacher_def" if workflow == "teacher" else "student_def"
+    definition = parsed(files, overrides).get_parsed_content(key, instantiate=False)
+    return definition.get_config() if hasattr(definition, "get_config") else definition
 
 
 @dataclass

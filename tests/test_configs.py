@@ -61,8 +61,37 @@ def test_inference_preprocesses_as_training_does_and_serves_the_student():
         assert inference[key] == f"$@model_info['{key}']" and train[key] == trained_with, key
         if key != "slice_size":
             assert model_info.DEFAULTS[key] == train[key], key
-    assert model_info.DEFAULTS["network_def"] == train["student_def"]
+    trained = dict(train["student_def"])
+    assert trained.pop("stem_stride") == "$bundle.serving.model_info.described(@served_model, 'network_def', {})" \
+        ".get('stem_stride', 1)"  # the served model's student when training into its folder
+    assert model_info.DEFAULTS["network_def"] == trained
     assert "@model_info['network_def']" in inference["network_def"]
+
+
+def test_training_into_a_served_models_folder_trains_that_models_student(tmp_path):
+    """MONAI Label fine-tunes ``models/model.pt`` through train.json: the student it trains must be the served
+    one (S1 and S1-fast share their parameter shapes, so loading the weights alone would not tell), while a
+    fresh output folder trains train.json's S1."""
+    from monai.bundle import ConfigParser
+
+    from bundle.serving import model_info
+    from bundle.workflows import network_definition
+
+    def student(output_root):
+        parser = ConfigParser()
+        parser.read_config(TRAIN)
+        parser.update({"bundle_root": str(REPO), "output_root": str(output_root)})
+        return parser.get_parsed_content("network")
+
+    served = tmp_path / "served" / "models" / "model.pt"
+    served.parent.mkdir(parents=True)
+    fast = FeatureUNet(channels=(16, 32), bottleneck=64, convs_per_block=1, stem_stride=2)
+    torch.save(fast.state_dict(), served)
+    model_info.write(served, fast, slice_size=128)
+    assert student(tmp_path / "served").stem_stride == 2
+    assert student(tmp_path / "fresh").stem_stride == 1
+    definition = network_definition([str(TRAIN)], "student", {"output_root": str(tmp_path / "served")})
+    assert definition["stem_stride"] == 2  # resolved, not the config's expression
 
 
 def _case(request, name):

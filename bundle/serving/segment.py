@@ -1,7 +1,7 @@
 """Segment the spleen in CT volumes: NIfTI files, folders of them, DICOM series (a folder of slices).
 
     spleen-kd segment ct.nii.gz -o masks/                      # masks/ct_seg.nii.gz
-    spleen-kd segment scans/ dicom_series/ -o masks/ --model models/fast/model.pt
+    spleen-kd segment scans/ dicom_series/ -o masks/ --model models/s1/model.pt
     spleen-kd segment ct.nii.gz -o masks/ --engine monai        # through configs/inference.json
 
 The masks are uint8 NIfTI (1 = spleen) on each input's own grid, named ``<input>_seg.nii.gz`` as
