@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import time
 from pathlib import Path
 
 from .workflows import Stages, bundle_run, config_files, models_dir, network_definition, parsed, training_data
@@ -80,6 +81,12 @@ def _figures(out: Path, extra: list[str], common: dict, slices: int = 4) -> list
     return figures
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _real_ct_section(summary: dict) -> str:
     """Markdown table of the per-volume Dice on the real CT fixtures."""
     from .report import markdown_table
@@ -91,6 +98,11 @@ def _real_ct_section(summary: dict) -> str:
     table = markdown_table(["model", *subjects, "mean", "mean, largest component"], rows)
     return ("Real CT never trained on (per-volume 3D Dice; label maps resampled onto the image grid, "
             f"bundle/evaluation.py):\n\n{table}\n\n")
+
+
+def _compute_line(compute: dict) -> str:
+    stages = ", ".join(f"{name} {s:.0f} s" for name, s in compute["seconds"].items() if s is not None)
+    return f"Compute: {compute['torch_threads']} torch threads; {stages}.\n\n"
 
 
 def _report(out: Path, summary: dict) -> None:
@@ -107,7 +119,7 @@ def _report(out: Path, summary: dict) -> None:
     text = (f"# spleen-kd demo report\n\n{summary['data']} Teacher: {summary['teacher_source']}.\n\n"
             f"Per-volume 3D metrics on the test split ({summary['teacher']['volumes']} volumes; mean ± std; "
             f"distances in mm).\n\n{table}\n\nKD gain over the baseline student: {gain:+.4f} Dice.\n\n"
-            f"{_real_ct_section(summary)}![overlays](overlays.png)\n\n![training curves](training_curves.png)\n")
+            f"{_real_ct_section(summary)}{_compute_line(summary['compute'])}![overlays](overlays.png)\n\n![training curves](training_curves.png)\n")
     (out / "report.md").write_text(text)
 
 
@@ -123,26 +135,32 @@ def run_demo(out: str | Path, quick: bool = False, train_teacher: bool = False, 
     stages = Stages(out, log)
     options = parsed(config_files("kd", *extra)).get("demo_data", {})
     cases = cases or options.get("cases", 16)
+    started = time.perf_counter()
     dataset, data_note = training_data(out, dataset_dir, data, cases, seed, log, **options.get("case_options", {}))
+    seconds = {"data": round(time.perf_counter() - started, 1)}  # ~0 when an earlier run generated it
     log(data_note)
     common = {"output_root": str(out), "dataset_dir": dataset, "seed": seed, "datalist_file": str(out / "datalist.json")}
     if train_teacher or not shipped_teacher().is_file():
         if not train_teacher:
             log(f"no shipped teacher at {shipped_teacher()}: training one")
-        stages.run("teacher", lambda: bundle_run("training", config_files("teacher", *extra), **common))
+        seconds["teacher"] = stages.run("teacher", lambda: bundle_run("training", config_files("teacher", *extra),
+                                                                      **common))["seconds"]
     teacher = teacher_checkpoint(out)
     for stage in ("student", "kd"):
-        stages.run(stage, lambda s=stage: bundle_run("training", config_files(s, *extra), **common,
-                                                     teacher_ckpt=str(teacher)))
+        seconds[stage] = stages.run(stage, lambda s=stage: bundle_run("training", config_files(s, *extra), **common,
+                                                                      teacher_ckpt=str(teacher)))["seconds"]
     summary = {"data": data_note, "teacher_source": "trained here" if teacher == best_model(out, "teacher")
                else f"shipped ({teacher})"}
     for name in EVALUATED:
         result = stages.run(f"evaluate_{name}", lambda n=name: _evaluate(out, n, extra, common))
+        seconds[f"evaluate_{name}"] = result["seconds"]
         summary[name] = {"dice": result["metrics"]["dice"]["mean"], "params": result["params"],
                          "flops_per_slice": result["flops_per_slice"], "volumes": result["volumes"],
                          "metrics": result["metrics"]}
     summary["real_ct"] = stages.run("evaluate_real_ct", lambda: evaluate_demo(out, extra))
-    summary["real_ct"].pop("seconds", None)
+    seconds["evaluate_real_ct"] = summary["real_ct"].pop("seconds", None)
+    summary["compute"] = {"torch_threads": _torch_threads(), "seconds": seconds,
+                          "note": "seconds of each stage when it ran; a rerun reuses finished stages and their times"}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _figures(out, extra, common)
     _report(out, summary)
