@@ -1,9 +1,9 @@
 """The offline end-to-end demo: synthetic CT -> baseline student -> KD student from the shipped teacher ->
 evaluation on the test split and on real CT -> report.
 
-    spleen-kd demo --out demo_out                    # ~15 min on 2 CPU cores
+    spleen-kd demo --out demo_out                    # ~11 min on 2 CPU cores
     spleen-kd demo --out demo_out --train_teacher    # train the teacher here too, instead of the shipped one
-    spleen-kd demo --out quick --quick               # the whole pipeline on a few small volumes, ~2 min
+    spleen-kd demo --out quick --quick               # the whole pipeline on a few small volumes, ~3 min
 
 Every stage runs the real bundle configs (``configs/*.json`` with the shipped recipe
 ``configs/pretrained.json`` and the demo's data and schedule ``configs/demo_pretrained.json``, or
@@ -102,7 +102,8 @@ def _real_ct_section(summary: dict) -> str:
 
 def _compute_line(compute: dict) -> str:
     stages = ", ".join(f"{name} {s:.0f} s" for name, s in compute["seconds"].items() if s is not None)
-    return f"Compute: {compute['torch_threads']} torch threads; {stages}.\n\n"
+    threads = compute["torch_threads"]
+    return f"Compute: {threads} torch thread{'' if threads == 1 else 's'}; {stages}.\n\n"
 
 
 def _report(out: Path, summary: dict) -> None:
@@ -135,6 +136,7 @@ def run_demo(out: str | Path, quick: bool = False, train_teacher: bool = False, 
     stages = Stages(out, log)
     options = parsed(config_files("kd", *extra)).get("demo_data", {})
     cases = cases or options.get("cases", 16)
+    threads = _torch_threads()  # what training runs with (OMP_NUM_THREADS, capped by PyTorch at the cores)
     started = time.perf_counter()
     dataset, data_note = training_data(out, dataset_dir, data, cases, seed, log, **options.get("case_options", {}))
     seconds = {"data": round(time.perf_counter() - started, 1)}  # ~0 when an earlier run generated it
@@ -159,7 +161,7 @@ def run_demo(out: str | Path, quick: bool = False, train_teacher: bool = False, 
                          "metrics": result["metrics"]}
     summary["real_ct"] = stages.run("evaluate_real_ct", lambda: evaluate_demo(out, extra))
     seconds["evaluate_real_ct"] = summary["real_ct"].pop("seconds", None)
-    summary["compute"] = {"torch_threads": _torch_threads(), "seconds": seconds,
+    summary["compute"] = {"torch_threads": threads, "seconds": seconds,
                           "note": "seconds of each stage when it ran; a rerun reuses finished stages and their times"}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _figures(out, extra, common)
