@@ -54,15 +54,14 @@ Any other --key value is a config override (e.g. --seed 1, --distill "['cwd','di
 
 def _evaluate_real(args) -> dict:
     from .evaluation import evaluate_checkpoint, evaluate_demo, evaluate_grid, report, summarised
-    from .workflows import models_dir
+    from .workflows import shipped_checkpoints
 
     if args.demo:
         results = evaluate_demo(Path(args.demo), ["pretrained", "demo_pretrained", *args.config])
     elif args.grid:
         results = evaluate_grid(Path(args.grid))
     else:
-        shipped = [models_dir() / "model.pt", models_dir() / "s1" / "model.pt", models_dir() / "teacher" / "model.pt"]
-        checkpoints = [Path(c) for c in args.ckpt] or [c for c in shipped if c.is_file()]
+        checkpoints = [Path(c) for c in args.ckpt] or [c for c in shipped_checkpoints() if c.is_file()]
         results = {}
         for ckpt in checkpoints:
             if not ckpt.is_file():

@@ -34,6 +34,11 @@ def models_dir() -> Path:
     return bundle_root() / "models"
 
 
+def shipped_checkpoints() -> list[Path]:
+    """The shipped checkpoints, served student first: ``model.pt`` (S1-fast), ``s1/``, ``teacher/``."""
+    return [models_dir() / "model.pt", models_dir() / "s1" / "model.pt", models_dir() / "teacher" / "model.pt"]
+
+
 # workflow -> its config files; train.json is the base, the others are overrides merged on top of it
 WORKFLOWS = {
     "student": ("train.json",),

@@ -9,13 +9,12 @@ per-volume 3D Dice, bundle.stats.paired_t). Each folder's summary.json holds its
 wall time of the whole command is read from OUT.time (`/usr/bin/time -v` output) when present.
 """
 import argparse
-import csv
 import json
 import re
 import statistics
 from pathlib import Path
 
-from bundle.stats import paired_t
+from bundle.stats import paired_t, read_volume_metrics
 
 GOAL = 0.70  # the KD student's Dice on each real fixture
 
@@ -37,8 +36,7 @@ def wall_seconds(folder: Path) -> float | None:
 
 
 def per_volume_dice(folder: Path, stage: str) -> dict[str, float]:
-    with open(folder / "eval" / stage / "test" / "metrics.csv") as rows:
-        return {row["case"]: float(row["dice"]) for row in csv.DictReader(rows)}
+    return {case: m["dice"] for case, m in read_volume_metrics(folder / "eval" / stage / "test" / "metrics.csv").items()}
 
 
 rows = []

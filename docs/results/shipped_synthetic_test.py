@@ -9,14 +9,14 @@ generator of this commit, and each shipped checkpoint is scored on them as `sple
 test split (configs/evaluate.json: SliceInferer, inversion to the image grid, per-volume 3D metrics).
 """
 import argparse
-import csv
 import json
 from pathlib import Path
 
 from bundle.data.datalist import split_by_volume
 from bundle.data.synthetic import make_synthetic_dataset
 from bundle.serving import model_info
-from bundle.workflows import bundle_run, config_files, models_dir, parsed
+from bundle.stats import read_volume_metrics
+from bundle.workflows import bundle_run, config_files, models_dir, parsed, shipped_checkpoints
 
 CASES, SEED = 360, 1000
 
@@ -39,7 +39,7 @@ datalist.write_text(json.dumps({"teacher_train": [], "validation": [], "student_
 
 results = {"data": f"the {len(indices)} test cases of spleen-kd synthesize --cases {CASES} --seed {SEED} "
                    f"(split seed 0, {fractions}), regenerated alone", "test_cases": indices, "models": {}}
-for ckpt in (models_dir() / "model.pt", models_dir() / "s1" / "model.pt", models_dir() / "teacher" / "model.pt"):
+for ckpt in shipped_checkpoints():
     info = model_info.read(ckpt)
     stage = "teacher" if info["network_def"].get("reconstruction") else "kd"
     name = ckpt.parent.name if ckpt.parent != models_dir() else "served"
@@ -48,8 +48,8 @@ for ckpt in (models_dir() / "model.pt", models_dir() / "s1" / "model.pt", models
                datalist_file=str(datalist), dataset_dir=str(data), ckpt_path=str(ckpt), split="test",
                network_def=info["network_def"], slice_size=info["slice_size"], outputs=["seg"])
     summary = json.loads((out / "eval" / stage / "test" / "summary.json").read_text())
-    with open(out / "eval" / stage / "test" / "metrics.csv") as rows:
-        per_volume = {row["case"]: round(float(row["dice"]), 4) for row in csv.DictReader(rows)}
+    volumes = read_volume_metrics(out / "eval" / stage / "test" / "metrics.csv")
+    per_volume = {case: round(metrics["dice"], 4) for case, metrics in volumes.items()}
     results["models"][f"{name} ({info['name']})"] = {
         "checkpoint": str(ckpt.relative_to(models_dir().parent)), "checkpoint_sha256": info["checkpoint_sha256"],
         "volumes": summary["volumes"], "dice": {k: round(v, 4) for k, v in summary["metrics"]["dice"].items() if k != "n"},
