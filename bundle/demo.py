@@ -3,7 +3,7 @@ evaluation on the test split and on real CT -> report.
 
     spleen-kd demo --out demo_out                    # ~11 min on 2 CPU cores
     spleen-kd demo --out demo_out --train_teacher    # train the teacher here too, instead of the shipped one
-    spleen-kd demo --out quick --quick               # the whole pipeline on a few small volumes, ~3 min
+    spleen-kd demo --out quick --quick               # the whole pipeline on a few small volumes, ~30 s
 
 Every stage runs the real bundle configs (``configs/*.json`` with the shipped recipe
 ``configs/pretrained.json`` and the demo's data and schedule ``configs/demo_pretrained.json``, or
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (reruns reuse its finished stages)")
     parser.add_argument("--quick", action="store_true", help="a handful of small volumes and short schedules "
-                        "(configs/demo_quick.json): the whole pipeline in about two minutes, for a smoke test")
+                        "(configs/demo_quick.json): the whole pipeline in about 30 s with the shipped teacher, for a smoke test")
     parser.add_argument("--train_teacher", action="store_true",
                         help="train the teacher on the demo's data instead of distilling from models/teacher/")
     parser.add_argument("--data", choices=["synthetic", "phantoms"], default="synthetic",
