@@ -53,6 +53,8 @@ for folder in map(Path, args.runs):
                  "test_dice": {name: round(summary[name]["dice"], 4) for name in ("teacher", "student", "kd_student")},
                  "kd_minus_baseline_test": {"mean": round(statistics.mean(kd[c] - base[c] for c in kd), 4),
                                             "paired_t_p": round(test.p, 4), "volumes": test.n},
+                 "test_dice_per_volume": {"student": {c: round(v, 4) for c, v in base.items()},
+                                          "kd_student": {c: round(v, 4) for c, v in kd.items()}},
                  "real_ct": real, "kd_meets_goal": all(d >= GOAL for d in real["kd_student"].values())})
 rows.sort(key=lambda r: (r["torch_threads"], r["seed"]))
 subjects = list(rows[0]["real_ct"]["kd_student"])
