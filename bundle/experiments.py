@@ -15,8 +15,9 @@ summary to ``OUT/results.md``.
 
 The data split is fixed (``--split_seed``) and shared by all runs, so every run sees the same test
 volumes and per-volume results pair across seeds and variants; ``--seeds`` vary initialisation and
-slice sampling. Each teacher is trained once, on that split's teacher volumes: the grid measures
-the variance of distillation given a teacher, at a fraction of the cost of a teacher per seed.
+slice sampling. Each teacher is trained once, on that split's teacher volumes, or given trained
+(``{"checkpoint": "models/teacher/model.pt"}``, at the slice size of the grid's configs): the grid
+measures the variance of distillation given a teacher, at a fraction of the cost of a teacher per seed.
 """
 
 from __future__ import annotations
@@ -104,6 +105,25 @@ def is_volume_teacher(network) -> bool:
     return isinstance(network, dict) and "workflow" in network
 
 
+def is_trained_teacher(network) -> bool:
+    """A grid teacher given as ``{"checkpoint": path}``: weights trained already (e.g. the shipped
+    ``models/teacher/model.pt``; a relative path is the bundle's), with the network of the ``model.json``
+    beside them. No run trains it; its students distil from it as they are."""
+    return isinstance(network, dict) and "checkpoint" in network
+
+
+def trained_teacher(teacher: str, network: dict) -> tuple[Path, dict]:
+    """The checkpoint path and network definition of a ``{"checkpoint": path}`` teacher."""
+    from .serving import model_info
+
+    ckpt = Path(network["checkpoint"])
+    ckpt = ckpt if ckpt.is_absolute() else bundle_root() / ckpt
+    if not ckpt.is_file() or not model_info.info_path(ckpt).is_file():
+        raise SystemExit(f"grid teacher '{teacher}': checkpoint '{ckpt}' or its model.json is missing; give a "
+                         "checkpoint published with its description (e.g. models/teacher/model.pt).")
+    return ckpt, model_info.read(ckpt)["network_def"]
+
+
 def fraction_tag(fraction: float) -> str:
     return f"f{round(fraction * 100)}"
 
@@ -128,27 +148,33 @@ def plan(grid: dict, out: Path, seeds: list[int], dataset_dir: str, split_seed: 
         """A null network in the grid means the configs' own definition: no override."""
         return {} if network is None else {key: network}
 
-    runs, volume_teachers = [], {}
+    runs, volume_teachers, trained = [], {}, {}
     for teacher, network in grid["teachers"].items():
-        if is_volume_teacher(network):  # trained by its own workflow, written as a MONAI bundle folder
+        if is_trained_teacher(network):
+            trained[teacher] = trained_teacher(teacher, network)
+        elif is_volume_teacher(network):  # trained by its own workflow, written as a MONAI bundle folder
             volume_teachers[teacher] = str(out / "bundles" / f"teacher-{teacher}")
             runs.append(planned(f"teacher-{teacher}", network["workflow"], f"teacher-{teacher}", split_seed,
                                 min(fractions), None, **network.get("overrides", {})))
         else:
             runs.append(planned(f"teacher-{teacher}", "teacher", f"teacher-{teacher}", split_seed, min(fractions),
                                 network, **defined("teacher_def", network)))
-    networks = {name: None if name in volume_teachers else network for name, network in grid["teachers"].items()}
+    networks = {name: None if name in volume_teachers else trained[name][1] if name in trained else network
+                for name, network in grid["teachers"].items()}
+    # the run that trains each teacher (none for a trained one) and where its checkpoint is
+    teacher_runs = {name: f"teacher-{name}" for name in grid["teachers"] if name not in trained}
+    ckpts = {name: str(out / "models" / run / "model.pt") for name, run in teacher_runs.items()} | {
+        name: str(ckpt) for name, (ckpt, _) in trained.items()}
     for name, assistant in grid.get("assistants", {}).items():
         # a smaller network distilled once from a teacher, then a teacher itself (teacher assistant)
         teacher = assistant["teacher"]
         runs.append(planned(f"assistant-{name}", "kd", f"assistant-{name}", split_seed, min(fractions),
-                            assistant["network"], None, f"teacher-{teacher}", student_def=assistant["network"],
-                            **defined("teacher_def", networks[teacher]),
-                            teacher_ckpt=str(out / "models" / f"teacher-{teacher}" / "model.pt"),
+                            assistant["network"], None, teacher_runs.get(teacher), student_def=assistant["network"],
+                            **defined("teacher_def", networks[teacher]), teacher_ckpt=ckpts[teacher],
                             **assistant["overrides"], distill=assistant["terms"]))
         networks[name] = assistant["network"]
-    ckpts = {name: f"teacher-{name}" for name in grid["teachers"]} | {
-        name: f"assistant-{name}" for name in grid.get("assistants", {})}
+        teacher_runs[name] = f"assistant-{name}"
+        ckpts[name] = str(out / "models" / teacher_runs[name] / "model.pt")
     for seed in seeds:
         for fraction, variants in fractions.items():
             tag = fraction_tag(fraction)
@@ -174,10 +200,9 @@ def plan(grid: dict, out: Path, seeds: list[int], dataset_dir: str, split_seed: 
                         if source in volume_teachers:
                             teacher_from = {"configs": ("teacher_bundle",), "teacher_bundle": volume_teachers[source]}
                         else:
-                            teacher_from = {**defined("teacher_def", networks[source]),
-                                            "teacher_ckpt": str(out / "models" / ckpts[source] / "model.pt")}
+                            teacher_from = {**defined("teacher_def", networks[source]), "teacher_ckpt": ckpts[source]}
                         runs.append(planned(
-                            f"{config}-s{seed}", "kd", config, seed, fraction, student_def, base, ckpts[source],
+                            f"{config}-s{seed}", "kd", config, seed, fraction, student_def, base, teacher_runs.get(source),
                             **defined("student_def", student_def), **teacher_from, **spec["overrides"],
                             distill=spec["terms"]))
     return runs

@@ -179,6 +179,37 @@ def test_proof_grid_plans_the_assistant_chain_and_the_unlabelled_arm(tmp_path):
         "teacher-T1", "assistant-TA", "S1-f50-base-s1", "TA-S1-f50-ta_pmd-s1"]  # transitively
 
 
+def test_a_trained_teacher_is_not_retrained_and_its_students_distil_from_its_checkpoint(tmp_path):
+    import torch
+
+    from bundle.networks import FeatureUNet
+    from bundle.serving import model_info
+
+    teacher = FeatureUNet(**{k: v for k, v in TINY.items() if k != "_target_"}, reconstruction=True)
+    ckpt = tmp_path / "trained" / "model.pt"
+    ckpt.parent.mkdir()
+    torch.save(teacher.state_dict(), ckpt)
+    model_info.write(ckpt, teacher, slice_size=32)
+    grid = {"name": "g", "teachers": {"given": {"checkpoint": str(ckpt)}, "T1": None}, "students": {"S1": TINY},
+            "variants": {"dist": {"terms": ["dist"], "overrides": {}, "teacher": None}},
+            "fractions": {"0.5": ["dist"]}, "anova": {}}
+    runs = experiments.plan(grid, tmp_path / "out", [0], "/data/x")
+    by_name = {r.name: r for r in runs}
+    assert sorted(by_name) == ["S1-f50-base-s0", "T1-S1-f50-dist-s0", "given-S1-f50-dist-s0", "teacher-T1"]
+    given = by_name["given-S1-f50-dist-s0"]
+    assert given.overrides["teacher_ckpt"] == str(ckpt) and given.teacher is None
+    assert given.overrides["teacher_def"] == model_info.read(ckpt)["network_def"]
+    assert given.overrides["teacher_def"]["reconstruction"] is True
+    assert by_name["T1-S1-f50-dist-s0"].overrides["teacher_ckpt"] == str(tmp_path / "out/models/teacher-T1/model.pt")
+    assert [r.name for r in experiments.select(runs, ["given-*"])] == ["S1-f50-base-s0", "given-S1-f50-dist-s0"]
+    shipped = experiments.plan(experiments.load_grid("shipped"), tmp_path / "out", [0], "/data/x")
+    assert not any(r.stage == "teacher" for r in shipped)
+    assert {r.overrides.get("teacher_ckpt") for r in shipped} == {None, str(REPO / "models/teacher/model.pt")}
+    grid["teachers"]["given"]["checkpoint"] = str(tmp_path / "missing.pt")
+    with pytest.raises(SystemExit, match="grid teacher 'given'.*missing.pt"):
+        experiments.plan(grid, tmp_path / "out", [0], "/data/x")
+
+
 def test_a_variant_without_terms_is_the_student_alone_with_its_overrides(tmp_path):
     grid = experiments.load_grid("proof_synthetic")
     runs = experiments.plan(grid, tmp_path, [0], "/data/synthetic")
