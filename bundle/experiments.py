@@ -121,7 +121,11 @@ def trained_teacher(teacher: str, network: dict) -> tuple[Path, dict]:
     if not ckpt.is_file() or not model_info.info_path(ckpt).is_file():
         raise SystemExit(f"grid teacher '{teacher}': checkpoint '{ckpt}' or its model.json is missing; give a "
                          "checkpoint published with its description (e.g. models/teacher/model.pt).")
-    return ckpt, model_info.read(ckpt)["network_def"]
+    info = model_info.read(ckpt, check=False)
+    if info.get("checkpoint_sha256") != model_info.sha256(ckpt):
+        raise SystemExit(f"grid teacher '{teacher}': {model_info.info_path(ckpt)} describes other weights than "
+                         f"'{ckpt}' (SHA-256 differs); publish the checkpoint again to describe it.")
+    return ckpt, info["network_def"]
 
 
 def fraction_tag(fraction: float) -> str:

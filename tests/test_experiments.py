@@ -205,6 +205,9 @@ def test_a_trained_teacher_is_not_retrained_and_its_students_distil_from_its_che
     shipped = experiments.plan(experiments.load_grid("shipped"), tmp_path / "out", [0], "/data/x")
     assert not any(r.stage == "teacher" for r in shipped)
     assert {r.overrides.get("teacher_ckpt") for r in shipped} == {None, str(REPO / "models/teacher/model.pt")}
+    torch.save({k: v + 1 for k, v in teacher.state_dict().items()}, ckpt)  # other weights than model.json describes
+    with pytest.raises(SystemExit, match="grid teacher 'given'.*describes other weights"):
+        experiments.plan(grid, tmp_path / "out", [0], "/data/x")
     grid["teachers"]["given"]["checkpoint"] = str(tmp_path / "missing.pt")
     with pytest.raises(SystemExit, match="grid teacher 'given'.*missing.pt"):
         experiments.plan(grid, tmp_path / "out", [0], "/data/x")
