@@ -15,7 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
-from bundle.stats import holm, mean_std, paired_t, read_volume_metrics, wilcoxon
+from bundle.stats import holm, paired_t, wilcoxon
 
 ARMS = {"base": "S1-fast-f50-base", "dist": "shipped-S1-fast-f50-dist", "thesis": "shipped-S1-fast-f50-thesis"}
 LABELS = {"base": "S1-fast alone (seg)", "dist": "KD: DIST (shipped recipe)", "thesis": "KD: InfoNCE x3 + PMD (kd.json default)"}
@@ -35,19 +35,18 @@ def seconds(run: str) -> float:
     return json.loads(marker.read_text()).get("seconds", float("nan"))
 
 
+# the grid's summary.json already holds each configuration's per-seed means and seed-averaged per-volume Dice
+summary = json.loads((grid_out / "summary.json").read_text())
+described = {entry["config"]: entry for entry in [summary["baseline"], *summary["variants"].values()]}
 arms = {}
 for arm, config in ARMS.items():
-    runs = sorted(p.name for p in (grid_out / "eval").glob(f"{config}-s*") if (p / "test" / "metrics.csv").is_file())
-    per_run = {run: {case: m["dice"] for case, m in read_volume_metrics(grid_out / "eval" / run / "test" / "metrics.csv").items()}
-               for run in runs}
-    cases = sorted(set.intersection(*(set(v) for v in per_run.values())))
-    per_seed = [sum(v.values()) / len(v) for v in per_run.values()]
-    mean, std, _ = mean_std(per_seed)
-    arms[arm] = {"label": LABELS[arm], "runs": runs, "test_dice_per_seed": [round(d, 4) for d in per_seed],
-                 "test_dice_mean": round(mean, 4), "test_dice_std": round(std, 4),
+    entry = described[config]
+    runs = [f"{config}-s{seed}" for seed in entry["seeds"]]
+    arms[arm] = {"label": LABELS[arm], "runs": runs, "test_dice_per_seed": [round(d, 4) for d in entry["dice_per_seed"]],
+                 "test_dice_mean": round(entry["dice_mean"], 4), "test_dice_std": round(entry["dice_std"], 4),
                  "train_seconds": [round(seconds(r)) for r in runs],
                  "real_ct": {run: {s: r["dice"] for s, r in real[run]["subjects"].items()} for run in runs if run in real},
-                 "test_dice_per_volume": {c: sum(v[c] for v in per_run.values()) / len(per_run) for c in cases}}
+                 "test_dice_per_volume": entry["dice_per_volume"]}
 
 comparisons = {}
 for a, b in PAIRS:
