@@ -152,23 +152,24 @@ def plan(grid: dict, out: Path, seeds: list[int], dataset_dir: str, split_seed: 
         """A null network in the grid means the configs' own definition: no override."""
         return {} if network is None else {key: network}
 
-    runs, volume_teachers, trained = [], {}, {}
+    # per teacher: its network definition, the run that trains it (none for a trained one) and its checkpoint
+    runs, volume_teachers, networks, teacher_runs, ckpts = [], {}, {}, {}, {}
     for teacher, network in grid["teachers"].items():
         if is_trained_teacher(network):
-            trained[teacher] = trained_teacher(teacher, network)
-        elif is_volume_teacher(network):  # trained by its own workflow, written as a MONAI bundle folder
+            ckpt, networks[teacher] = trained_teacher(teacher, network)
+            ckpts[teacher] = str(ckpt)
+            continue
+        teacher_runs[teacher] = f"teacher-{teacher}"
+        ckpts[teacher] = str(out / "models" / teacher_runs[teacher] / "model.pt")
+        if is_volume_teacher(network):  # trained by its own workflow, written as a MONAI bundle folder
             volume_teachers[teacher] = str(out / "bundles" / f"teacher-{teacher}")
+            networks[teacher] = None
             runs.append(planned(f"teacher-{teacher}", network["workflow"], f"teacher-{teacher}", split_seed,
                                 min(fractions), None, **network.get("overrides", {})))
         else:
+            networks[teacher] = network
             runs.append(planned(f"teacher-{teacher}", "teacher", f"teacher-{teacher}", split_seed, min(fractions),
                                 network, **defined("teacher_def", network)))
-    networks = {name: None if name in volume_teachers else trained[name][1] if name in trained else network
-                for name, network in grid["teachers"].items()}
-    # the run that trains each teacher (none for a trained one) and where its checkpoint is
-    teacher_runs = {name: f"teacher-{name}" for name in grid["teachers"] if name not in trained}
-    ckpts = {name: str(out / "models" / run / "model.pt") for name, run in teacher_runs.items()} | {
-        name: str(ckpt) for name, (ckpt, _) in trained.items()}
     for name, assistant in grid.get("assistants", {}).items():
         # a smaller network distilled once from a teacher, then a teacher itself (teacher assistant)
         teacher = assistant["teacher"]
