@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The teacher-choice study (configs/experiments/teacher_choice/study.json): each job trains one teacher on the
+# shipped split, evaluates it on the 36 test volumes and on the two real fixtures. Two workers take jobs from
+# one queue, one torch thread each; a job whose real_ct.json exists is skipped, so a rerun resumes.
+#   bash docs/results/teacher_choice.sh            (from the repository root, the venv active)
+set -euo pipefail
+OUT=runs/teacher_choice
+SPLIT=runs/shipped/datalists/split0-f50.json
+HALF=configs/experiments/teacher_choice/half_width.json
+S160=configs/experiments/teacher_choice/slice160.json
+mkdir -p "$OUT"
+cat > "$OUT/queue" <<JOBS
+T1-128 2 --config pretrained
+T1-half-128 0 --config pretrained --config $HALF
+T1-half-128 1 --config pretrained --config $HALF
+T1-half-128 2 --config pretrained --config $HALF
+T1-half-160 0 --config pretrained --config $HALF --config $S160
+T1-half-160 1 --config pretrained --config $HALF --config $S160
+T1-half-160 2 --config pretrained --config $HALF --config $S160
+JOBS
+
+job() {  # arm seed configs...
+    local arm=$1 seed=$2; shift 2
+    local run="$OUT/$arm-s$seed"
+    [ -f "$run/real_ct.json" ] && return 0
+    local start=$(date +%s)
+    spleen-kd train teacher "$@" --out "$run" --dataset_dir data/pretrained --datalist_file "$SPLIT" \
+        --seed "$seed" --publish true --served_model "$run/served/model.pt"
+    echo "$(( $(date +%s) - start ))" > "$run/train_seconds"
+    spleen-kd evaluate teacher "$@" --out "$run" --dataset_dir data/pretrained --datalist_file "$SPLIT"
+    spleen-kd evaluate --real --ckpt "$run/served/model.pt" --json "$run/real_ct.json"
+}
+
+worker() {
+    while true; do
+        line=$(flock "$OUT/queue" sh -c 'head -n1 "$0"; sed -i 1d "$0"' "$OUT/queue")
+        [ -z "$line" ] && return 0
+        echo "$(date -u +%FT%TZ) worker $1 starts: $line"
+        job $line > "$OUT/$(echo "$line" | awk '{print $1"-s"$2}').log" 2>&1 || echo "FAILED: $line"
+        echo "$(date -u +%FT%TZ) worker $1 done: $line"
+    done
+}
+
+export OMP_NUM_THREADS=1
+worker A & sleep 5; worker B & wait
