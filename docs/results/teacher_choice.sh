@@ -13,10 +13,8 @@ cat > "$OUT/queue" <<JOBS
 T1-128 2 --config pretrained
 T1-half-128 0 --config pretrained --config $HALF
 T1-half-128 1 --config pretrained --config $HALF
-T1-half-128 2 --config pretrained --config $HALF
 T1-half-160 0 --config pretrained --config $HALF --config $S160
 T1-half-160 1 --config pretrained --config $HALF --config $S160
-T1-half-160 2 --config pretrained --config $HALF --config $S160
 JOBS
 
 job() {  # arm seed configs...
