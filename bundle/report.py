@@ -138,3 +138,35 @@ def real_and_synthetic_figure(synthetic_dir: Path, figure: Path, columns: int = 
     fig.savefig(figure, dpi=90)
     plt.close(fig)
     return figure
+
+
+def arms_figure(per_volume: Mapping[str, Mapping[str, float]], fixtures: Mapping[str, Mapping[str, Sequence[float]]],
+                goal: float, out_file: str | Path, ylabel: str = "per-volume 3D Dice (mean over seeds)") -> Path:
+    """A study's arms side by side: left, each test volume's seed-averaged Dice (a grey line joins a volume
+    across arms, so paired differences show); right, each training's Dice on the real fixtures, with the goal."""
+    names, cases = list(per_volume), list(next(iter(per_volume.values())))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for case in cases:
+        left.plot(range(len(names)), [per_volume[n][case] for n in names], color="grey", alpha=0.3, lw=0.8)
+    for i, name in enumerate(names):
+        values = [per_volume[name][c] for c in cases]
+        left.scatter([i] * len(cases), values, s=12)
+        left.errorbar(i, float(np.mean(values)), fmt="k_", markersize=20)
+    left.set_xticks(range(len(names)), names, fontsize=9)
+    left.set_ylabel(ylabel)
+    left.set_title(f"synthetic test split ({len(cases)} volumes)", fontsize=10)
+    subjects = list(next(iter(fixtures.values())))
+    for j, subject in enumerate(subjects):
+        for i, name in enumerate(names):
+            values = fixtures[name][subject]
+            right.scatter([i + (j - 0.5) * 0.2] * len(values), values, marker="os"[j % 2], color=f"C{i}",
+                          label=subject if i == 0 else None, facecolors="none" if j % 2 else None)
+    right.axhline(goal, color="grey", lw=0.8, ls="--")
+    right.set_xticks(range(len(names)), names, fontsize=9)
+    right.set_ylabel("Dice on the real fixture (one point a training)")
+    right.set_title("real CT fixtures (regression check)", fontsize=10)
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_file, dpi=120)
+    plt.close(fig)
+    return Path(out_file)

@@ -15,6 +15,8 @@ import json
 import shutil
 from pathlib import Path
 
+from bundle.data.assets import REAL_CASES
+from bundle.report import arms_figure
 from bundle.stats import holm, paired_t, wilcoxon
 
 ARMS = {"base": "S1-fast-f50-base", "dist": "shipped-S1-fast-f50-dist", "thesis": "shipped-S1-fast-f50-thesis"}
@@ -104,30 +106,6 @@ lines += ["", f"Decision (rule fixed in the grid before its runs): {decision}.",
 stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-cases = list(arms["base"]["test_dice_per_volume"])
-for case in cases:
-    left.plot(range(len(arms)), [arm["test_dice_per_volume"][case] for arm in arms.values()], color="grey", alpha=0.3, lw=0.8)
-for i, arm in enumerate(arms.values()):
-    left.scatter([i] * len(cases), [arm["test_dice_per_volume"][c] for c in cases], s=12)
-    left.errorbar(i, arm["test_dice_mean"], fmt="k_", markersize=20)
-left.set_xticks(range(len(arms)), list(arms), fontsize=9)
-left.set_ylabel("per-volume 3D Dice (mean of 3 seeds)")
-left.set_title(f"synthetic test split ({len(cases)} volumes)", fontsize=10)
-for j, subject in enumerate(("example_ct_sm", "example_ct_dicom")):
-    for i, arm in enumerate(arms.values()):
-        values = [v[subject] for v in arm["real_ct"].values()]
-        right.scatter([i + (j - 0.5) * 0.2] * len(values), values, marker="os"[j], color=f"C{i}",
-                      label=subject if i == 0 else None, facecolors="none" if j else None)
-right.axhline(STUDENT_GOAL, color="grey", lw=0.8, ls="--")
-right.set_xticks(range(len(arms)), list(arms), fontsize=9)
-right.set_ylabel("Dice on the real fixture (one point a seed)")
-right.set_title("real CT fixtures (regression check)", fontsize=10)
-right.legend(fontsize=8)
-fig.tight_layout()
-fig.savefig(stem.with_suffix(".png"), dpi=120)
+arms_figure({name: arm["test_dice_per_volume"] for name, arm in arms.items()},
+            {name: {subject: [v[subject] for v in arm["real_ct"].values()] for subject in REAL_CASES} for name, arm in arms.items()},
+            STUDENT_GOAL, stem.with_suffix(".png"))

@@ -1,0 +1,163 @@
+"""The teacher-choice study (configs/experiments/teacher_choice/study.json): made teacher_choice.json, .md, .png
+and teacher_choice_per_volume/.
+
+    spleen-kd synthesize --out data/pretrained --cases 360 --seed 1000
+    spleen-kd grid --out runs/shipped --grid shipped --dataset_dir data/pretrained   # its split: datalists/split0-f50.json
+    bash docs/results/teacher_choice.sh                                                # 7 trainings, two side by side
+    python docs/results/teacher_choice.py runs/teacher_choice --out docs/results/teacher_choice
+
+Seeds 0 and 1 of the shipped recipe (T1-128) were trained before the study: seed 0 is the shipped teacher
+(per-volume test Dice from shipped_synthetic_test.json), seed 1 is teacher_seeds.json's run; seed 2 and the
+new arms' seeds (0 and 1) come from the study's runs. Comparisons and the decision rule are the study file's.
+"""
+import argparse
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+from bundle.data.assets import REAL_CASES
+from bundle.report import arms_figure
+from bundle.stats import holm, mean_std, paired_t, read_volume_metrics, wilcoxon
+
+STUDY = Path("configs/experiments/teacher_choice/study.json")
+RESULTS = Path("docs/results")
+TEACHER_GOAL = 0.90
+PAIRS = [("T1-half-128", "T1-128"), ("T1-half-160", "T1-half-128"), ("T1-half-160", "T1-128")]
+VALIDATION = re.compile(r"Epoch\[(\d+)\] Metrics -- val_mean_dice: ([0-9.]+)")
+
+parser = argparse.ArgumentParser()
+parser.add_argument("runs", help="the study's output folder (docs/results/teacher_choice.sh writes it)")
+parser.add_argument("--out", required=True, help="output stem: writes STEM.json, STEM.md, STEM.png, STEM_per_volume/")
+args = parser.parse_args()
+runs, stem = Path(args.runs), Path(args.out)
+study = json.loads(STUDY.read_text())
+
+
+def parameters(arm: str) -> int:
+    """The arm's teacher network (the last of its configs that defines one), counted."""
+    from bundle.networks import FeatureUNet
+
+    files = [Path("configs") / f"{c}.json" if "/" not in c else Path(c) for c in study["arms"][arm]["configs"]]
+    definition = [json.loads(f.read_text())["teacher_def"] for f in files if "teacher_def" in json.loads(f.read_text())][-1]
+    network = FeatureUNet(**{k: v for k, v in definition.items() if k != "_target_"})
+    return sum(p.numel() for p in network.parameters())
+
+
+def earlier_seed(seed: int) -> dict:
+    """Seeds 0 and 1 of the shipped recipe, measured before the study (the same split and evaluation)."""
+    seeds = json.loads((RESULTS / "teacher_seeds.json").read_text())
+    if seed == 0:
+        shipped = json.loads((RESULTS / "shipped_synthetic_test.json").read_text())["models"]["teacher (teacher)"]
+        own = seeds["seed_0_shipped"]
+        return {"source": "models/teacher/model.pt (the shipped teacher; 2-core AMD EPYC, two threads)",
+                "test_dice_per_volume": shipped["dice_per_volume"], "best_epoch": own["best_epoch"],
+                "validation_dice_best": own["validation_dice_best"], "real_ct": own["real_ct"], "train_seconds": None}
+    own = seeds["seed_1"]
+    by_epoch = own["validation_dice_by_epoch"]
+    return {"source": "docs/results/teacher_seeds.json (Intel Xeon, two threads)",
+            "test_dice_per_volume": own["test_dice_per_volume"], "best_epoch": own["best_epoch"],
+            "validation_dice_best": by_epoch[str(own["best_epoch"])], "real_ct": own["real_ct"],
+            "train_seconds": round(seeds["train_minutes"] * 60)}
+
+
+def study_run(arm: str, seed: int) -> dict:
+    folder = runs / f"{arm}-s{seed}"
+    validation = {int(e): float(d) for e, d in VALIDATION.findall((runs / f"{arm}-s{seed}.log").read_text())}
+    best = max(validation, key=validation.get)
+    real = next(iter(json.loads((folder / "real_ct.json").read_text()).values()))
+    volumes = read_volume_metrics(folder / "eval" / "teacher" / "test" / "metrics.csv")
+    return {"source": f"{folder} (Intel Xeon, one thread, two runs side by side)",
+            "test_dice_per_volume": {case: round(m["dice"], 4) for case, m in volumes.items()},
+            "best_epoch": best, "validation_dice_best": round(validation[best], 4),
+            "validation_dice_by_epoch": {e: round(d, 4) for e, d in sorted(validation.items())},
+            "real_ct": {subject: r["dice"] for subject, r in real["subjects"].items()},
+            "train_seconds": int((folder / "train_seconds").read_text())}
+
+
+arms = {}
+for arm in study["arms"]:
+    seeds = {seed: earlier_seed(seed) if arm == "T1-128" and seed < 2 else study_run(arm, seed) for seed in study["seeds"][arm]}
+    per_seed = [sum(s["test_dice_per_volume"].values()) / len(s["test_dice_per_volume"]) for s in seeds.values()]
+    cases = sorted(seeds[0]["test_dice_per_volume"])
+    mean, std, _ = mean_std(per_seed)
+    arms[arm] = {"note": study["arms"][arm]["note"], "parameters": parameters(arm), "seeds": seeds,
+                 "test_dice_per_seed": [round(d, 4) for d in per_seed], "test_dice_mean": round(mean, 4),
+                 "test_dice_std": round(std, 4),
+                 "test_dice_per_volume": {c: sum(s["test_dice_per_volume"][c] for s in seeds.values()) / len(seeds)
+                                          for c in cases}}
+
+comparisons = {}
+for a, b in PAIRS:
+    x, y = arms[a]["test_dice_per_volume"], arms[b]["test_dice_per_volume"]
+    t, w = paired_t(x, y), wilcoxon(x, y)
+    comparisons[f"{a} vs {b}"] = {"gain": round(sum(x[c] - y[c] for c in x) / len(x), 4), "volumes": len(x),
+                                  "p_t": t.p, "p_wilcoxon": w.p}
+for result, adjusted in zip(comparisons.values(), holm([c["p_t"] for c in comparisons.values()])):
+    result["p_holm"] = adjusted
+
+# the study's rule, fixed before its runs: the shipped recipe is replaced only by an arm that beats it (Holm p < 0.05)
+better = [a for a, b in PAIRS if b == "T1-128" and comparisons[f"{a} vs {b}"]["gain"] > 0
+          and comparisons[f"{a} vs {b}"]["p_holm"] < 0.05]
+if better:
+    winner = max(better, key=lambda a: arms[a]["test_dice_mean"])
+    seed = max(arms[winner]["seeds"], key=lambda s: arms[winner]["seeds"][s]["validation_dice_best"])
+    decision = f"replace the shipped teacher recipe with {winner}; its seed {seed} (best validation Dice) is the teacher to ship"
+else:
+    level = [a for a, b in PAIRS if b == "T1-128" and comparisons[f"{a} vs {b}"]["p_holm"] >= 0.05]
+    decision = ("keep the shipped teacher (no arm beats T1-128 at Holm p < 0.05)"
+                + (f"; level with it: {', '.join(level)}" if level else ""))
+
+stem.parent.mkdir(parents=True, exist_ok=True)
+stem.with_suffix(".json").write_text(json.dumps(
+    {"commands": [line.strip() for line in __doc__.strip().splitlines()[3:7]], "study": str(STUDY),
+     "protocol": {k: study[k] for k in ("data", "schedule", "evaluation", "decision", "hardware")},
+     "arms": {name: {**arm, "test_dice_per_volume": {c: round(d, 4) for c, d in arm["test_dice_per_volume"].items()}}
+              for name, arm in arms.items()},
+     "comparisons": comparisons, "decision": decision}, indent=2, default=float))
+per_volume = stem.parent / f"{stem.name}_per_volume"
+per_volume.mkdir(exist_ok=True)
+for arm, entry in arms.items():
+    for seed, run in entry["seeds"].items():
+        if run["source"].startswith(str(runs)):
+            shutil.copy(runs / f"{arm}-s{seed}" / "eval" / "teacher" / "test" / "metrics.csv",
+                        per_volume / f"{arm}-s{seed}.csv")
+with open(per_volume / "seed_averaged.csv", "w", newline="") as stream:
+    writer = csv.writer(stream)
+    writer.writerow(["case", *arms])
+    for case in arms["T1-128"]["test_dice_per_volume"]:
+        writer.writerow([case, *(f"{arm['test_dice_per_volume'][case]:.4f}" for arm in arms.values())])
+
+
+def fixture(arm: dict, subject: str) -> str:
+    return " / ".join(f"**{s['real_ct'][subject]:.3f}**" if s["real_ct"][subject] >= TEACHER_GOAL
+                      else f"{s['real_ct'][subject]:.3f}" for s in arm["seeds"].values())
+
+
+def minutes(arm: dict) -> str:
+    return ", ".join("–" if s["train_seconds"] is None else f"{s['train_seconds'] / 60:.0f}" for s in arm["seeds"].values())
+
+
+lines = ["| arm | parameters | test Dice, mean ± std over seeds (per seed) | best validation Dice (epoch) by seed "
+         "| `example_ct_sm` by seed | DICOM series by seed | train minutes |",
+         "| --- | --- | --- | --- | --- | --- | --- |"]
+for name, arm in arms.items():
+    lines.append(f"| {name} | {arm['parameters'] / 1e6:.2f} M | {arm['test_dice_mean']:.3f} ± {arm['test_dice_std']:.3f} "
+                 f"({', '.join(f'{d:.3f}' for d in arm['test_dice_per_seed'])}) | "
+                 + " / ".join(f"{s['validation_dice_best']:.3f} ({s['best_epoch']})" for s in arm["seeds"].values())
+                 + f" | {fixture(arm, 'example_ct_sm')} | {fixture(arm, 'example_ct_dicom')} | {minutes(arm)} |")
+lines += ["", "| comparison (36 test volumes, seed-averaged per volume) | gain | p (paired t) | p (Wilcoxon) | p (Holm, 3) |",
+          "| --- | --- | --- | --- | --- |"]
+for name, c in comparisons.items():
+    lines.append(f"| {name} | {c['gain']:+.3f} | {c['p_t']:.2g} | {c['p_wilcoxon']:.2g} | {c['p_holm']:.2g} |")
+lines += ["", f"Decision (rule fixed in {STUDY} before the runs): {decision}.",
+          f"Fixture Dice in bold: ≥ {TEACHER_GOAL} (the shipped teacher's goal). Train minutes: seed 0 of T1-128 is the "
+          "shipped teacher (trained on another machine); seed 1 ran alone on two threads, every other run on one thread "
+          "beside another run."]
+stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+
+arms_figure({name: arm["test_dice_per_volume"] for name, arm in arms.items()},
+            {name: {subject: [s["real_ct"][subject] for s in arm["seeds"].values()] for subject in REAL_CASES} for name, arm in arms.items()},
+            TEACHER_GOAL, stem.with_suffix(".png"))
