@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The teacher-choice study (configs/experiments/teacher_choice/study.json): each job trains one teacher on the
 # shipped split, evaluates it on the 36 test volumes and on the two real fixtures. Two workers take jobs from
-# one queue, one torch thread each; a job whose real_ct.json exists is skipped, so a rerun resumes.
+# one queue, one torch thread each. A rerun skips the jobs with a real_ct.json and resumes the others from
+# their last training state (--resume true; logs are appended to, so the validation history stays whole;
+# train_seconds then counts the last attempt only).
 #   bash docs/results/teacher_choice.sh            (from the repository root, the venv active)
 set -euo pipefail
 OUT=runs/teacher_choice
@@ -23,7 +25,7 @@ job() {  # arm seed configs...
     [ -f "$run/real_ct.json" ] && return 0
     local start=$(date +%s)
     spleen-kd train teacher "$@" --out "$run" --dataset_dir data/pretrained --datalist_file "$SPLIT" \
-        --seed "$seed" --publish true --served_model "$run/served/model.pt"
+        --seed "$seed" --publish true --served_model "$run/served/model.pt" --resume true
     echo "$(( $(date +%s) - start ))" > "$run/train_seconds"
     spleen-kd evaluate teacher "$@" --out "$run" --dataset_dir data/pretrained --datalist_file "$SPLIT"
     spleen-kd evaluate --real --ckpt "$run/served/model.pt" --json "$run/real_ct.json"
@@ -34,7 +36,7 @@ worker() {
         line=$(flock "$OUT/queue" sh -c 'head -n1 "$0"; sed -i 1d "$0"' "$OUT/queue")
         [ -z "$line" ] && return 0
         echo "$(date -u +%FT%TZ) worker $1 starts: $line"
-        job $line > "$OUT/$(echo "$line" | awk '{print $1"-s"$2}').log" 2>&1 || echo "FAILED: $line"
+        job $line >> "$OUT/$(echo "$line" | awk '{print $1"-s"$2}').log" 2>&1 || echo "FAILED: $line"
         echo "$(date -u +%FT%TZ) worker $1 done: $line"
     done
 }
