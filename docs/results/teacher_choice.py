@@ -3,7 +3,7 @@ and teacher_choice_per_volume/.
 
     spleen-kd synthesize --out data/pretrained --cases 360 --seed 1000
     spleen-kd grid --out runs/shipped --grid shipped --dataset_dir data/pretrained   # its split: datalists/split0-f50.json
-    bash docs/results/teacher_choice.sh                                                # 7 trainings, two side by side
+    bash docs/results/teacher_choice.sh                                                # 5 trainings, two side by side
     python docs/results/teacher_choice.py runs/teacher_choice --out docs/results/teacher_choice
 
 Seeds 0 and 1 of the shipped recipe (T1-128) were trained before the study: seed 0 is the shipped teacher
