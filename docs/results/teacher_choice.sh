@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The teacher-choice study (configs/experiments/teacher_choice/study.json): each job trains one teacher on the
-# shipped split, evaluates it on the 36 test volumes and on the two real fixtures. Two workers take jobs from
+# The teacher-choice study and its extension T1-160 (configs/experiments/teacher_choice/study.json): each
+# job trains one teacher on the shipped split, evaluates it on the 36 test volumes and on the two real fixtures. Two workers take jobs from
 # one queue, one torch thread each. A rerun skips the jobs with a real_ct.json and resumes the others from
 # their last training state (--resume true; logs are appended to, so the validation history stays whole;
 # train_seconds then counts the last attempt only).
@@ -17,6 +17,9 @@ T1-half-128 0 --config pretrained --config $HALF
 T1-half-128 1 --config pretrained --config $HALF
 T1-half-160 0 --config pretrained --config $HALF --config $S160
 T1-half-160 1 --config pretrained --config $HALF --config $S160
+T1-160 0 --config pretrained --config $S160
+T1-160 1 --config pretrained --config $S160
+T1-160 2 --config pretrained --config $S160
 JOBS
 
 job() {  # arm seed configs...
