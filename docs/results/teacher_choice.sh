@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The teacher-choice study and its extension T1-160 (configs/experiments/teacher_choice/study.json): each
-# job trains one teacher on the shipped split, evaluates it on the 36 test volumes and on the two real fixtures. Two workers take jobs from
-# one queue, one torch thread each. A rerun skips the jobs with a real_ct.json and resumes the others from
-# their last training state (--resume true; logs are appended to, so the validation history stays whole;
-# train_seconds then counts the last attempt only).
+# job trains one teacher on the shipped split, evaluates it on the 36 test volumes and on the two real
+# fixtures. Two workers take jobs from one queue, one torch thread each. A rerun skips the jobs with a
+# real_ct.json and resumes the others from their last training state (--resume true; logs are appended
+# to, so the validation history stays whole; train_seconds then counts the last attempt only).
 #   bash docs/results/teacher_choice.sh            (from the repository root, the venv active)
 set -euo pipefail
 OUT=runs/teacher_choice
