@@ -134,6 +134,19 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return adjusted.tolist()
 
 
+def paired_comparisons(per_volume: Mapping[str, Mapping[str, float]], pairs: Sequence[tuple[str, str]]) -> dict:
+    """``"a vs b"`` -> the mean gain of arm ``a`` over ``b`` on the volumes both have, their number, the paired
+    t-test and Wilcoxon p over those volumes and the t-test's p Holm-adjusted over all ``pairs`` (one family)."""
+    comparisons = {}
+    for a, b in pairs:
+        _, x, y = align(per_volume[a], per_volume[b])
+        comparisons[f"{a} vs {b}"] = {"gain": round(float(np.mean(x - y)), 4), "volumes": int(x.size),
+                                      "p_t": paired_t(x, y).p, "p_wilcoxon": wilcoxon(x, y).p}
+    for result, adjusted in zip(comparisons.values(), holm([c["p_t"] for c in comparisons.values()])):
+        result["p_holm"] = adjusted
+    return comparisons
+
+
 def format_mean_std(mean: float, std: float, digits: int = 4) -> str:
     if math.isnan(mean):
         return "n/a"

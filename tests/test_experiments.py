@@ -89,6 +89,20 @@ def test_holm_adjusts_in_order_and_skips_nan():
     assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06]) and math.isnan(adjusted[3])
 
 
+def test_paired_comparisons_pair_volumes_by_key_and_holm_adjust_across_the_pairs():
+    arms = {"kd": {"c1": 0.9, "c2": 0.8, "c3": 0.7, "c4": 0.6, "only_kd": 0.0},
+            "base": {"c4": 0.5, "c3": 0.6, "c2": 0.75, "c1": 0.85},
+            "other": {"c1": 0.9, "c2": 0.7, "c3": 0.75, "c4": 0.6}}
+    result = stats.paired_comparisons(arms, [("kd", "base"), ("kd", "other")])
+    first, second = result["kd vs base"], result["kd vs other"]
+    assert first["volumes"] == 4 and first["gain"] == pytest.approx(0.075)  # (0.05 + 0.05 + 0.1 + 0.1) / 4
+    assert first["p_t"] == pytest.approx(sps.ttest_rel([0.9, 0.8, 0.7, 0.6], [0.85, 0.75, 0.6, 0.5]).pvalue)
+    assert first["p_wilcoxon"] == pytest.approx(stats.wilcoxon(arms["kd"], arms["base"]).p)
+    assert second["gain"] == pytest.approx(0.0125)
+    assert [first["p_holm"], second["p_holm"]] == pytest.approx(stats.holm([first["p_t"], second["p_t"]]))
+    assert second["p_holm"] > first["p_holm"]
+
+
 def _record(run, config, seed, dice, baseline=None):
     return stats.RunRecord(run, config, seed, baseline, 57,
                            {f"case{i}": {"dice": d, "iou": d / (2 - d), "hd95_mm": 5.0} for i, d in enumerate(dice)})

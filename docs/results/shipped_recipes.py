@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bundle.data.assets import REAL_CASES
 from bundle.report import arms_figure
-from bundle.stats import holm, paired_t, wilcoxon
+from bundle.stats import paired_comparisons
 
 ARMS = {"base": "S1-fast-f50-base", "dist": "shipped-S1-fast-f50-dist", "thesis": "shipped-S1-fast-f50-thesis"}
 LABELS = {"base": "S1-fast alone (seg)", "dist": "KD: DIST (shipped recipe)", "thesis": "KD: InfoNCE x3 + PMD (kd.json default)"}
@@ -50,15 +50,7 @@ for arm, config in ARMS.items():
                  "real_ct": {run: {s: r["dice"] for s, r in real[run]["subjects"].items()} for run in runs if run in real},
                  "test_dice_per_volume": entry["dice_per_volume"]}
 
-comparisons = {}
-for a, b in PAIRS:
-    x, y = arms[a]["test_dice_per_volume"], arms[b]["test_dice_per_volume"]
-    t, w = paired_t(x, y), wilcoxon(x, y)
-    common = [c for c in x if c in y]
-    comparisons[f"{a} vs {b}"] = {"gain": round(sum(x[c] - y[c] for c in common) / len(common), 4), "volumes": len(common),
-                                  "p_t": t.p, "p_wilcoxon": w.p}
-for (name, result), adjusted in zip(comparisons.items(), holm([c["p_t"] for c in comparisons.values()])):
-    result["p_holm"] = adjusted
+comparisons = paired_comparisons({arm: entry["test_dice_per_volume"] for arm, entry in arms.items()}, PAIRS)
 
 # the rule fixed in the grid before its runs: an arm replaces DIST only if it beats it (paired t, p < 0.05)
 beats_dist = {"thesis": (comparisons["thesis vs dist"]["gain"], comparisons["thesis vs dist"]["p_t"]),

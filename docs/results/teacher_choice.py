@@ -19,7 +19,9 @@ from pathlib import Path
 
 from bundle.data.assets import REAL_CASES
 from bundle.report import arms_figure
-from bundle.stats import holm, mean_std, paired_t, read_volume_metrics, wilcoxon
+from bundle.networks import from_definition
+from bundle.stats import mean_std, paired_comparisons, read_volume_metrics
+from bundle.workflows import config_files, network_definition
 
 STUDY = Path("configs/experiments/teacher_choice/study.json")
 RESULTS = Path("docs/results")
@@ -33,33 +35,29 @@ parser.add_argument("--out", required=True, help="output stem: writes STEM.json,
 args = parser.parse_args()
 runs, stem = Path(args.runs), Path(args.out)
 study = json.loads(STUDY.read_text())
+TEACHER_SEEDS = json.loads((RESULTS / "teacher_seeds.json").read_text())  # seeds 0 and 1 of the shipped recipe
 
 
 def parameters(arm: str) -> int:
-    """The arm's teacher network (the last of its configs that defines one), counted."""
-    from bundle.networks import FeatureUNet
-
-    files = [Path("configs") / f"{c}.json" if "/" not in c else Path(c) for c in study["arms"][arm]["configs"]]
-    definition = [json.loads(f.read_text())["teacher_def"] for f in files if "teacher_def" in json.loads(f.read_text())][-1]
-    network = FeatureUNet(**{k: v for k, v in definition.items() if k != "_target_"})
-    return sum(p.numel() for p in network.parameters())
+    """The teacher network of the arm's configs (merged as `spleen-kd train teacher` merges them), counted."""
+    files = config_files("teacher", *study["arms"][arm]["configs"])
+    return sum(p.numel() for p in from_definition(network_definition(files, "teacher")).parameters())
 
 
 def earlier_seed(seed: int) -> dict:
     """Seeds 0 and 1 of the shipped recipe, measured before the study (the same split and evaluation)."""
-    seeds = json.loads((RESULTS / "teacher_seeds.json").read_text())
     if seed == 0:
         shipped = json.loads((RESULTS / "shipped_synthetic_test.json").read_text())["models"]["teacher (teacher)"]
-        own = seeds["seed_0_shipped"]
+        own = TEACHER_SEEDS["seed_0_shipped"]
         return {"source": "models/teacher/model.pt (the shipped teacher; 2-core AMD EPYC, two threads)",
                 "test_dice_per_volume": shipped["dice_per_volume"], "best_epoch": own["best_epoch"],
                 "validation_dice_best": own["validation_dice_best"], "real_ct": own["real_ct"], "train_seconds": None}
-    own = seeds["seed_1"]
+    own = TEACHER_SEEDS["seed_1"]
     by_epoch = own["validation_dice_by_epoch"]
     return {"source": "docs/results/teacher_seeds.json (Intel Xeon, two threads)",
             "test_dice_per_volume": own["test_dice_per_volume"], "best_epoch": own["best_epoch"],
             "validation_dice_best": by_epoch[str(own["best_epoch"])], "real_ct": own["real_ct"],
-            "train_seconds": round(seeds["train_minutes"] * 60)}
+            "train_seconds": round(TEACHER_SEEDS["train_minutes"] * 60)}
 
 
 def study_run(arm: str, seed: int) -> dict:
@@ -88,14 +86,7 @@ for arm in study["arms"]:
                  "test_dice_per_volume": {c: sum(s["test_dice_per_volume"][c] for s in seeds.values()) / len(seeds)
                                           for c in cases}}
 
-comparisons = {}
-for a, b in PAIRS:
-    x, y = arms[a]["test_dice_per_volume"], arms[b]["test_dice_per_volume"]
-    t, w = paired_t(x, y), wilcoxon(x, y)
-    comparisons[f"{a} vs {b}"] = {"gain": round(sum(x[c] - y[c] for c in x) / len(x), 4), "volumes": len(x),
-                                  "p_t": t.p, "p_wilcoxon": w.p}
-for result, adjusted in zip(comparisons.values(), holm([c["p_t"] for c in comparisons.values()])):
-    result["p_holm"] = adjusted
+comparisons = paired_comparisons({name: arm["test_dice_per_volume"] for name, arm in arms.items()}, PAIRS)
 
 # the study's rule, fixed before its runs: the shipped recipe is replaced only by an arm that beats it (Holm p < 0.05)
 better = [a for a, b in PAIRS if b == "T1-128" and comparisons[f"{a} vs {b}"]["gain"] > 0
