@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The teacher-choice study and its extension T1-160 (configs/experiments/teacher_choice/study.json): each
 # job trains one teacher on the shipped split, evaluates it on the 36 test volumes and on the two real
-# fixtures. Two workers take jobs from one queue, one torch thread each. A rerun skips the jobs with a
-# real_ct.json and resumes the others from their last training state (--resume true; logs are appended
-# to, so the validation history stays whole; train_seconds then counts the last attempt only).
+# fixtures. Two workers (WORKERS=n for another count) take jobs from one queue, one torch thread each.
+# A rerun skips the jobs with a real_ct.json and resumes the others from their last training state
+# (--resume true; logs are appended to, so the validation history stays whole; train_seconds then
+# counts the last attempt only). The extension's seeds 0 and 1 were interrupted after epoch 5 and
+# resumed with WORKERS=3 (seed 2 beside them), all three on the 2-core machine.
 #   bash docs/results/teacher_choice.sh            (from the repository root, the venv active)
 set -euo pipefail
 OUT=runs/teacher_choice
@@ -45,4 +47,4 @@ worker() {
 }
 
 export OMP_NUM_THREADS=1
-worker A & sleep 5; worker B & wait
+for w in $(seq "${WORKERS:-2}"); do worker "$w" & sleep 5; done; wait
