@@ -3,12 +3,14 @@ and teacher_choice_per_volume/.
 
     spleen-kd synthesize --out data/pretrained --cases 360 --seed 1000
     spleen-kd grid --out runs/shipped --grid shipped --dataset_dir data/pretrained   # its split: datalists/split0-f50.json
-    bash docs/results/teacher_choice.sh                                                # 5 trainings, two side by side
+    WORKERS=3 bash docs/results/teacher_choice.sh                                      # 8 trainings, two or three side by side
     python docs/results/teacher_choice.py runs/teacher_choice --out docs/results/teacher_choice
 
 Seeds 0 and 1 of the shipped recipe (T1-128) were trained before the study: seed 0 is the shipped teacher
 (per-volume test Dice from shipped_synthetic_test.json), seed 1 is teacher_seeds.json's run; seed 2 and the
 new arms' seeds (0 and 1) come from the study's runs. Comparisons and the decision rule are the study file's.
+The extension (T1-160, fixed after the study's results and before its runs) is one more arm with one more
+paired test against T1-128, outside the study's Holm family.
 """
 import argparse
 import csv
@@ -28,6 +30,7 @@ RESULTS = Path("docs/results")
 TEACHER_GOAL = 0.90
 PAIRS = [("T1-half-128", "T1-128"), ("T1-half-160", "T1-half-128"), ("T1-half-160", "T1-128")]
 VALIDATION = re.compile(r"Epoch\[(\d+)\] Metrics -- val_mean_dice: ([0-9.]+)")
+EPOCH_TIME = re.compile(r"Epoch\[(\d+)\] Complete\. Time taken: (\d+):(\d+):([0-9.]+)")
 
 parser = argparse.ArgumentParser()
 parser.add_argument("runs", help="the study's output folder (docs/results/teacher_choice.sh writes it)")
@@ -35,12 +38,17 @@ parser.add_argument("--out", required=True, help="output stem: writes STEM.json,
 args = parser.parse_args()
 runs, stem = Path(args.runs), Path(args.out)
 study = json.loads(STUDY.read_text())
+EXTENSION = study["extension"]
+ARM_CONFIGS = {**{arm: entry["configs"] for arm, entry in study["arms"].items()}, EXTENSION["arm"]: EXTENSION["configs"]}
+ARM_SEEDS = {**study["seeds"], EXTENSION["arm"]: EXTENSION["seeds"]}
+ARM_NOTES = {**{arm: entry["note"] for arm, entry in study["arms"].items()}, EXTENSION["arm"]: EXTENSION["note"]}
+EXTENSION_PAIRS = [(EXTENSION["arm"], "T1-128")]
 TEACHER_SEEDS = json.loads((RESULTS / "teacher_seeds.json").read_text())  # seeds 0 and 1 of the shipped recipe
 
 
 def parameters(arm: str) -> int:
     """The teacher network of the arm's configs (merged as `spleen-kd train teacher` merges them), counted."""
-    files = config_files("teacher", *study["arms"][arm]["configs"])
+    files = config_files("teacher", *ARM_CONFIGS[arm])
     return sum(p.numel() for p in from_definition(network_definition(files, "teacher")).parameters())
 
 
@@ -62,31 +70,40 @@ def earlier_seed(seed: int) -> dict:
 
 def study_run(arm: str, seed: int) -> dict:
     folder = runs / f"{arm}-s{seed}"
-    validation = {int(e): float(d) for e, d in VALIDATION.findall((runs / f"{arm}-s{seed}.log").read_text())}
+    log = (runs / f"{arm}-s{seed}.log").read_text()
+    validation = {int(e): float(d) for e, d in VALIDATION.findall(log)}  # a resumed run's repeats: the last counts
     best = max(validation, key=validation.get)
+    resumed = "resumed from" in log
+    # train_seconds counts a resumed run's last attempt only: such a run reports the sum of its logged epoch times
+    epochs = {int(e): int(h) * 3600 + int(m) * 60 + float(sec) for e, h, m, sec in EPOCH_TIME.findall(log)}
     real = next(iter(json.loads((folder / "real_ct.json").read_text()).values()))
     volumes = read_volume_metrics(folder / "eval" / "teacher" / "test" / "metrics.csv")
-    return {"source": f"{folder} (Intel Xeon, one thread, two runs side by side)",
+    side_by_side = "three" if arm == EXTENSION["arm"] else "two"
+    return {"source": f"{folder} (Intel Xeon, one thread, {side_by_side} runs side by side"
+                      + (", interrupted and resumed)" if resumed else ")"),
             "test_dice_per_volume": {case: round(m["dice"], 4) for case, m in volumes.items()},
             "best_epoch": best, "validation_dice_best": round(validation[best], 4),
             "validation_dice_by_epoch": {e: round(d, 4) for e, d in sorted(validation.items())},
             "real_ct": {subject: r["dice"] for subject, r in real["subjects"].items()},
-            "train_seconds": int((folder / "train_seconds").read_text())}
+            "train_seconds": round(sum(epochs.values())) if resumed else int((folder / "train_seconds").read_text()),
+            "train_seconds_counted": "sum of logged epoch times" if resumed else "wall time of the training command"}
 
 
 arms = {}
-for arm in study["arms"]:
-    seeds = {seed: earlier_seed(seed) if arm == "T1-128" and seed < 2 else study_run(arm, seed) for seed in study["seeds"][arm]}
+for arm in ARM_CONFIGS:
+    seeds = {seed: earlier_seed(seed) if arm == "T1-128" and seed < 2 else study_run(arm, seed) for seed in ARM_SEEDS[arm]}
     per_seed = [sum(s["test_dice_per_volume"].values()) / len(s["test_dice_per_volume"]) for s in seeds.values()]
     cases = sorted(seeds[0]["test_dice_per_volume"])
     mean, std, _ = mean_std(per_seed)
-    arms[arm] = {"note": study["arms"][arm]["note"], "parameters": parameters(arm), "seeds": seeds,
+    arms[arm] = {"note": ARM_NOTES[arm], "parameters": parameters(arm), "seeds": seeds,
                  "test_dice_per_seed": [round(d, 4) for d in per_seed], "test_dice_mean": round(mean, 4),
                  "test_dice_std": round(std, 4),
                  "test_dice_per_volume": {c: sum(s["test_dice_per_volume"][c] for s in seeds.values()) / len(seeds)
                                           for c in cases}}
 
-comparisons = paired_comparisons({name: arm["test_dice_per_volume"] for name, arm in arms.items()}, PAIRS)
+per_volume_dice = {name: arm["test_dice_per_volume"] for name, arm in arms.items()}
+comparisons = paired_comparisons(per_volume_dice, PAIRS)
+extension = paired_comparisons(per_volume_dice, EXTENSION_PAIRS)  # one test: its Holm p is its own p
 
 # the study's rule, fixed before its runs: the shipped recipe is replaced only by an arm that beats it (Holm p < 0.05)
 better = [a for a, b in PAIRS if b == "T1-128" and comparisons[f"{a} vs {b}"]["gain"] > 0
@@ -99,14 +116,25 @@ else:
     level = [a for a, b in PAIRS if b == "T1-128" and comparisons[f"{a} vs {b}"]["p_holm"] >= 0.05]
     decision = ("keep the shipped teacher (no arm beats T1-128 at Holm p < 0.05)"
                 + (f"; level with it: {', '.join(level)}" if level else ""))
+# the extension's rule, fixed before its runs: T1-160 replaces the shipped recipe only if it beats it (p < 0.05)
+(ext_arm, _), = EXTENSION_PAIRS
+ext = extension[f"{ext_arm} vs T1-128"]
+if ext["gain"] > 0 and ext["p_t"] < 0.05:
+    seed = max(arms[ext_arm]["seeds"], key=lambda s: arms[ext_arm]["seeds"][s]["validation_dice_best"])
+    extension_decision = (f"replace the shipped teacher recipe with {ext_arm}; its seed {seed} (best validation Dice) "
+                          "is the teacher to ship and the shipped students are distilled again from it")
+else:
+    extension_decision = f"keep the shipped teacher ({ext_arm} does not beat T1-128 at p < 0.05)"
 
 stem.parent.mkdir(parents=True, exist_ok=True)
 stem.with_suffix(".json").write_text(json.dumps(
     {"commands": [line.strip() for line in __doc__.strip().splitlines()[3:7]], "study": str(STUDY),
      "protocol": {k: study[k] for k in ("data", "schedule", "evaluation", "decision", "hardware")},
+     "extension_protocol": {k: EXTENSION[k] for k in ("fixed_before_results", "evaluation", "decision")},
      "arms": {name: {**arm, "test_dice_per_volume": {c: round(d, 4) for c, d in arm["test_dice_per_volume"].items()}}
               for name, arm in arms.items()},
-     "comparisons": comparisons, "decision": decision}, indent=2, default=float))
+     "comparisons": comparisons, "decision": decision,
+     "extension_comparison": extension, "extension_decision": extension_decision}, indent=2, default=float))
 per_volume = stem.parent / f"{stem.name}_per_volume"
 per_volume.mkdir(exist_ok=True)
 for arm, entry in arms.items():
@@ -142,10 +170,15 @@ lines += ["", "| comparison (36 test volumes, seed-averaged per volume) | gain |
           "| --- | --- | --- | --- | --- |"]
 for name, c in comparisons.items():
     lines.append(f"| {name} | {c['gain']:+.3f} | {c['p_t']:.2g} | {c['p_wilcoxon']:.2g} | {c['p_holm']:.2g} |")
+for name, c in extension.items():
+    lines.append(f"| {name} (extension: one test, outside the Holm family) | {c['gain']:+.3f} | {c['p_t']:.2g} "
+                 f"| {c['p_wilcoxon']:.2g} | – |")
 lines += ["", f"Decision (rule fixed in {STUDY} before the runs): {decision}.",
+          f"Extension decision (rule fixed before its runs): {extension_decision}.",
           f"Fixture Dice in bold: ≥ {TEACHER_GOAL} (the shipped teacher's goal). Train minutes: seed 0 of T1-128 is the "
           "shipped teacher (trained on another machine); seed 1 ran alone on two threads, every other run on one thread "
-          "beside another run."]
+          f"beside one other run, {ext_arm}'s three seeds side by side (its seeds 0 and 1 were interrupted after epoch 5 "
+          "and resumed; their minutes are the sums of the logged epoch times)."]
 stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 
