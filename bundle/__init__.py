@@ -8,7 +8,7 @@ TensorBoard, the losses).
 
 import importlib
 
-__version__ = "0.5.3"
+__version__ = "0.5.4"
 
 _SUBMODULES = ("arrays", "checkpoint", "checks", "data", "engine", "files", "handlers", "io", "losses", "metrics", "networks",
                "report", "reproducibility", "serving", "stats", "switches", "teacher", "tracking", "transforms",
