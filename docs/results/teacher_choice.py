@@ -30,7 +30,7 @@ RESULTS = Path("docs/results")
 TEACHER_GOAL = 0.90
 PAIRS = [("T1-half-128", "T1-128"), ("T1-half-160", "T1-half-128"), ("T1-half-160", "T1-128")]
 VALIDATION = re.compile(r"Epoch\[(\d+)\] Metrics -- val_mean_dice: ([0-9.]+)")
-EPOCH_TIME = re.compile(r"Epoch\[(\d+)\] Complete\. Time taken: (\d+):(\d+):([0-9.]+)")
+EPOCH_TIME = re.compile(r"Trainer - INFO - Epoch\[(\d+)\] Complete\. Time taken: (\d+):(\d+):([0-9.]+)")  # with validation
 
 parser = argparse.ArgumentParser()
 parser.add_argument("runs", help="the study's output folder (docs/results/teacher_choice.sh writes it)")
