@@ -39,16 +39,15 @@ args = parser.parse_args()
 runs, stem = Path(args.runs), Path(args.out)
 study = json.loads(STUDY.read_text())
 EXTENSION = study["extension"]
-ARM_CONFIGS = {**{arm: entry["configs"] for arm, entry in study["arms"].items()}, EXTENSION["arm"]: EXTENSION["configs"]}
-ARM_SEEDS = {**study["seeds"], EXTENSION["arm"]: EXTENSION["seeds"]}
-ARM_NOTES = {**{arm: entry["note"] for arm, entry in study["arms"].items()}, EXTENSION["arm"]: EXTENSION["note"]}
-EXTENSION_PAIRS = [(EXTENSION["arm"], "T1-128")]
+EXT_ARM = EXTENSION["arm"]
+ARMS = {**study["arms"], EXT_ARM: EXTENSION}  # each with its "configs" and "note"
+ARM_SEEDS = {**study["seeds"], EXT_ARM: EXTENSION["seeds"]}
 TEACHER_SEEDS = json.loads((RESULTS / "teacher_seeds.json").read_text())  # seeds 0 and 1 of the shipped recipe
 
 
 def parameters(arm: str) -> int:
     """The teacher network of the arm's configs (merged as `spleen-kd train teacher` merges them), counted."""
-    files = config_files("teacher", *ARM_CONFIGS[arm])
+    files = config_files("teacher", *ARMS[arm]["configs"])
     return sum(p.numel() for p in from_definition(network_definition(files, "teacher")).parameters())
 
 
@@ -78,7 +77,7 @@ def study_run(arm: str, seed: int) -> dict:
     epochs = {int(e): int(h) * 3600 + int(m) * 60 + float(sec) for e, h, m, sec in EPOCH_TIME.findall(log)}
     real = next(iter(json.loads((folder / "real_ct.json").read_text()).values()))
     volumes = read_volume_metrics(folder / "eval" / "teacher" / "test" / "metrics.csv")
-    side_by_side = "three" if arm == EXTENSION["arm"] else "two"
+    side_by_side = "three" if arm == EXT_ARM else "two"
     return {"source": f"{folder} (Intel Xeon, one thread, {side_by_side} runs side by side"
                       + (", interrupted and resumed)" if resumed else ")"),
             "test_dice_per_volume": {case: round(m["dice"], 4) for case, m in volumes.items()},
@@ -90,12 +89,12 @@ def study_run(arm: str, seed: int) -> dict:
 
 
 arms = {}
-for arm in ARM_CONFIGS:
+for arm in ARMS:
     seeds = {seed: earlier_seed(seed) if arm == "T1-128" and seed < 2 else study_run(arm, seed) for seed in ARM_SEEDS[arm]}
     per_seed = [sum(s["test_dice_per_volume"].values()) / len(s["test_dice_per_volume"]) for s in seeds.values()]
     cases = sorted(seeds[0]["test_dice_per_volume"])
     mean, std, _ = mean_std(per_seed)
-    arms[arm] = {"note": ARM_NOTES[arm], "parameters": parameters(arm), "seeds": seeds,
+    arms[arm] = {"note": ARMS[arm]["note"], "parameters": parameters(arm), "seeds": seeds,
                  "test_dice_per_seed": [round(d, 4) for d in per_seed], "test_dice_mean": round(mean, 4),
                  "test_dice_std": round(std, 4),
                  "test_dice_per_volume": {c: sum(s["test_dice_per_volume"][c] for s in seeds.values()) / len(seeds)
@@ -103,28 +102,32 @@ for arm in ARM_CONFIGS:
 
 per_volume_dice = {name: arm["test_dice_per_volume"] for name, arm in arms.items()}
 comparisons = paired_comparisons(per_volume_dice, PAIRS)
-extension = paired_comparisons(per_volume_dice, EXTENSION_PAIRS)  # one test: its Holm p is its own p
+extension = paired_comparisons(per_volume_dice, [(EXT_ARM, "T1-128")])  # one test: its Holm p is its own p
+
+
+def best_validation_seed(arm: str) -> int:
+    """The seed a replacing arm ships: its best synthetic validation Dice (both rules say so)."""
+    return max(arms[arm]["seeds"], key=lambda s: arms[arm]["seeds"][s]["validation_dice_best"])
+
 
 # the study's rule, fixed before its runs: the shipped recipe is replaced only by an arm that beats it (Holm p < 0.05)
 better = [a for a, b in PAIRS if b == "T1-128" and comparisons[f"{a} vs {b}"]["gain"] > 0
           and comparisons[f"{a} vs {b}"]["p_holm"] < 0.05]
 if better:
     winner = max(better, key=lambda a: arms[a]["test_dice_mean"])
-    seed = max(arms[winner]["seeds"], key=lambda s: arms[winner]["seeds"][s]["validation_dice_best"])
-    decision = f"replace the shipped teacher recipe with {winner}; its seed {seed} (best validation Dice) is the teacher to ship"
+    decision = (f"replace the shipped teacher recipe with {winner}; its seed {best_validation_seed(winner)} "
+                "(best validation Dice) is the teacher to ship")
 else:
     level = [a for a, b in PAIRS if b == "T1-128" and comparisons[f"{a} vs {b}"]["p_holm"] >= 0.05]
     decision = ("keep the shipped teacher (no arm beats T1-128 at Holm p < 0.05)"
                 + (f"; level with it: {', '.join(level)}" if level else ""))
 # the extension's rule, fixed before its runs: T1-160 replaces the shipped recipe only if it beats it (p < 0.05)
-(ext_arm, _), = EXTENSION_PAIRS
-ext = extension[f"{ext_arm} vs T1-128"]
+ext = extension[f"{EXT_ARM} vs T1-128"]
 if ext["gain"] > 0 and ext["p_t"] < 0.05:
-    seed = max(arms[ext_arm]["seeds"], key=lambda s: arms[ext_arm]["seeds"][s]["validation_dice_best"])
-    extension_decision = (f"replace the shipped teacher recipe with {ext_arm}; its seed {seed} (best validation Dice) "
-                          "is the teacher to ship and the shipped students are distilled again from it")
+    extension_decision = (f"replace the shipped teacher recipe with {EXT_ARM}; its seed {best_validation_seed(EXT_ARM)} "
+                          "(best validation Dice) is the teacher to ship and the shipped students are distilled again from it")
 else:
-    extension_decision = f"keep the shipped teacher ({ext_arm} does not beat T1-128 at p < 0.05)"
+    extension_decision = f"keep the shipped teacher ({EXT_ARM} does not beat T1-128 at p < 0.05)"
 
 stem.parent.mkdir(parents=True, exist_ok=True)
 stem.with_suffix(".json").write_text(json.dumps(
@@ -177,7 +180,7 @@ lines += ["", f"Decision (rule fixed in {STUDY} before the runs): {decision}.",
           f"Extension decision (rule fixed before its runs): {extension_decision}.",
           f"Fixture Dice in bold: ≥ {TEACHER_GOAL} (the shipped teacher's goal). Train minutes: seed 0 of T1-128 is the "
           "shipped teacher (trained on another machine); seed 1 ran alone on two threads, every other run on one thread "
-          f"beside one other run, {ext_arm}'s three seeds side by side (its seeds 0 and 1 were interrupted after epoch 5 "
+          f"beside one other run, {EXT_ARM}'s three seeds side by side (its seeds 0 and 1 were interrupted after epoch 5 "
           "and resumed; their minutes are the sums of the logged epoch times)."]
 stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
