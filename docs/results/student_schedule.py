@@ -1,0 +1,125 @@
+"""The student-schedule grid (`student_schedule`): made student_schedule.json, .md, .png and student_schedule_per_volume/.
+
+    bash docs/results/student_schedule.sh        # spleen-kd grid --grid student_schedule, seeds 0-2 side by side
+    python docs/results/student_schedule.py runs/shipped runs/student_schedule --out docs/results/student_schedule
+
+Arms (configs/experiments/student_schedule.json): the served recipe (S1-fast + DIST from the shipped teacher) and
+S1-fast alone, each at 30 student epochs (grid 'shipped') and at 60 (this grid), seeds 0-2, the same split, teacher
+and everything else. One deciding test (DIST-60 vs DIST-30, paired t over the test volumes of seed-averaged
+per-volume 3D Dice) and two reported ones (Holm over the two); the real fixtures per run as a regression check.
+"""
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from bundle.data.assets import REAL_CASES
+from bundle.report import arms_figure
+from bundle.stats import paired_comparisons
+
+GRID = Path("configs/experiments/student_schedule.json")
+# arm -> (which grid folder, the grid's configuration name, label)
+ARMS = {"base-30": ("short", "S1-fast-f50-base", "S1-fast alone, 30 epochs (grid shipped)"),
+        "dist-30": ("short", "shipped-S1-fast-f50-dist", "S1-fast + DIST, 30 epochs (served recipe)"),
+        "base-60": ("long", "S1-fast-f50-base", "S1-fast alone, 60 epochs"),
+        "dist-60": ("long", "long-S1-fast-f50-dist", "S1-fast + DIST, 60 epochs")}
+DECIDING = [("dist-60", "dist-30")]
+REPORTED = [("base-60", "base-30"), ("dist-60", "base-60")]
+STUDENT_GOAL = 0.85
+
+parser = argparse.ArgumentParser()
+parser.add_argument("short_grid", help="grid 'shipped''s output folder (30 epochs), with real_ct.json")
+parser.add_argument("long_grid", help="grid 'student_schedule''s output folder (60 epochs), with real_ct.json")
+parser.add_argument("--out", required=True, help="output stem: writes STEM.json, STEM.md, STEM.png, STEM_per_volume/")
+args = parser.parse_args()
+folders = {"short": Path(args.short_grid), "long": Path(args.long_grid)}
+stem = Path(args.out)
+
+
+def described(folder: Path) -> dict:
+    summary = json.loads((folder / "summary.json").read_text())
+    return {entry["config"]: entry for entry in [summary["baseline"], *summary["variants"].values()]}
+
+
+def best_validation(folder: Path, run: str) -> dict:
+    """The kept checkpoint's validation Dice and epoch, and the epochs trained, from the run's training state."""
+    state = torch.load(folder / "models" / run / "training_state.pt", map_location="cpu", weights_only=False)
+    return {"dice": round(float(state["best_model"]["best_metric"]), 4),
+            "epoch": int(state["best_model"]["best_metric_epoch"]), "epochs": int(state["trainer"]["epoch"])}
+
+
+arms = {}
+for arm, (grid, config, label) in ARMS.items():
+    folder = folders[grid]
+    entry, real = described(folder)[config], json.loads((folder / "real_ct.json").read_text())
+    runs = [f"{config}-s{seed}" for seed in entry["seeds"]]
+    arms[arm] = {"label": label, "grid_folder": str(folder), "runs": runs,
+                 "test_dice_per_seed": [round(d, 4) for d in entry["dice_per_seed"]],
+                 "test_dice_mean": round(entry["dice_mean"], 4), "test_dice_std": round(entry["dice_std"], 4),
+                 "best_validation": [best_validation(folder, run) for run in runs],
+                 "train_seconds": [round(json.loads((folder / "stages" / run / "train.json").read_text())["seconds"])
+                                   for run in runs],
+                 "real_ct": {run: {s: r["dice"] for s, r in real[run]["subjects"].items()} for run in runs},
+                 "test_dice_per_volume": entry["dice_per_volume"]}
+
+per_volume_dice = {arm: entry["test_dice_per_volume"] for arm, entry in arms.items()}
+deciding = paired_comparisons(per_volume_dice, DECIDING)
+reported = paired_comparisons(per_volume_dice, REPORTED)
+name = "dist-60 vs dist-30"
+gain, p = deciding[name]["gain"], deciding[name]["p_t"]
+decision = ("replace the served student with dist-60's seed 0 and make 60 epochs configs/pretrained.json's "
+            f"student schedule (DIST-60 beats DIST-30: {gain:+.3f}, paired t p {p:.2g})" if gain > 0 and p < 0.05 else
+            f"keep the served student and the 30-epoch schedule (DIST-60 vs DIST-30: {gain:+.3f}, paired t p {p:.2g}; "
+            "the rule asks for a gain with p < 0.05)")
+grid = json.loads(GRID.read_text())
+results = {"command": __doc__.strip().splitlines()[2:4], "protocol": grid["description"], "rules": grid["notes"],
+           "hardware": "2-core Intel Xeon, no GPU; each run on one torch thread (grid 'shipped': two side by side; "
+                       "this grid: three side by side)",
+           "arms": arms, "deciding_comparison": deciding, "reported_comparisons": reported, "decision": decision}
+for arm in arms.values():
+    fixtures = [d for run in arm["real_ct"].values() for d in run.values()]
+    arm["real_ct_mean"], arm["real_ct_min"] = round(sum(fixtures) / len(fixtures), 4), min(fixtures)
+stem.parent.mkdir(parents=True, exist_ok=True)
+stem.with_suffix(".json").write_text(json.dumps(
+    {**results, "arms": {name: {**arm, "test_dice_per_volume": {c: round(d, 4) for c, d in arm["test_dice_per_volume"].items()}}
+                         for name, arm in arms.items()}}, indent=2, default=float))
+per_volume = stem.parent / f"{stem.name}_per_volume"
+per_volume.mkdir(exist_ok=True)
+for arm, entry in arms.items():
+    for run in entry["runs"]:
+        shutil.copy(Path(entry["grid_folder"]) / "eval" / run / "test" / "metrics.csv",
+                    per_volume / f"{arm}-{run.rsplit('-', 1)[1]}.csv")
+
+
+def fixture(arm: dict, subject: str) -> str:
+    values = [v[subject] for v in arm["real_ct"].values()]
+    return " / ".join(f"**{d:.3f}**" if d >= STUDENT_GOAL else f"{d:.3f}" for d in values)
+
+
+lines = ["| arm | test Dice, mean ± std over seeds (per seed) | best validation Dice (epoch) by seed | "
+         "`example_ct_sm`, seeds 0 / 1 / 2 | DICOM series, seeds 0 / 1 / 2 | fixtures: mean (lowest) | train min a run |",
+         "| --- | --- | --- | --- | --- | --- | --- |"]
+for arm in arms.values():
+    validation = " / ".join("{dice:.3f} ({epoch})".format(**v) for v in arm["best_validation"])
+    lines.append(f"| {arm['label']} | {arm['test_dice_mean']:.3f} ± {arm['test_dice_std']:.3f} "
+                 f"({', '.join(f'{d:.3f}' for d in arm['test_dice_per_seed'])}) | {validation} | "
+                 f"{fixture(arm, 'example_ct_sm')} | {fixture(arm, 'example_ct_dicom')} | "
+                 f"{arm['real_ct_mean']:.3f} ({arm['real_ct_min']:.3f}) | "
+                 f"{', '.join(f'{s / 60:.0f}' for s in arm['train_seconds'])} |")
+lines += ["", "| comparison (test split, seed-averaged per volume) | gain | p (paired t) | p (Wilcoxon) | p (Holm) |",
+          "| --- | --- | --- | --- | --- |"]
+for label, family in (("deciding", deciding), ("reported", reported)):
+    for pair, c in family.items():
+        lines.append(f"| {pair} ({label}) | {c['gain']:+.3f} | {c['p_t']:.2g} | {c['p_wilcoxon']:.2g} | "
+                     f"{c['p_holm']:.2g} |")
+lines += ["", f"Decision (rule fixed in the grid before its runs): {decision}.",
+          "Holm: the deciding test is a family of one; the two reported tests are one family.",
+          f"Fixture Dice in bold: ≥ {STUDENT_GOAL} (the shipped student's goal)."]
+stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+
+arms_figure(per_volume_dice,
+            {name: {subject: [v[subject] for v in arm["real_ct"].values()] for subject in REAL_CASES} for name, arm in arms.items()},
+            STUDENT_GOAL, stem.with_suffix(".png"))
