@@ -1,12 +1,15 @@
 """The student-schedule grid (`student_schedule`): made student_schedule.json, .md, .png and student_schedule_per_volume/.
 
     bash docs/results/student_schedule.sh        # spleen-kd grid --grid student_schedule, seeds 0-2 side by side
-    python docs/results/student_schedule.py runs/shipped runs/student_schedule --out docs/results/student_schedule
+    OUT=runs/student_schedule_seeds34 SEEDS="3 4" bash docs/results/student_schedule.sh
+    python docs/results/student_schedule.py runs/shipped runs/student_schedule --out docs/results/student_schedule \
+        --more_seeds runs/student_schedule_seeds34
 
 Arms (configs/experiments/student_schedule.json): the served recipe (S1-fast + DIST from the shipped teacher) and
 S1-fast alone, each at 30 student epochs (grid 'shipped') and at 60 (this grid), seeds 0-2, the same split, teacher
 and everything else. One deciding test (DIST-60 vs DIST-30, paired t over the test volumes of seed-averaged
 per-volume 3D Dice) and two reported ones (Holm over the two); the real fixtures per run as a regression check.
+Seeds 3-4 of the 60-epoch arms (--more_seeds, run after the study) give the five-seed spread and enter no test.
 """
 import argparse
 import json
@@ -17,7 +20,7 @@ import torch
 
 from bundle.data.assets import REAL_CASES
 from bundle.report import arms_figure
-from bundle.stats import paired_comparisons
+from bundle.stats import mean_std, paired_comparisons
 
 GRID = Path("configs/experiments/student_schedule.json")
 # arm -> (which grid folder, the grid's configuration name, label)
@@ -33,6 +36,8 @@ parser = argparse.ArgumentParser()
 parser.add_argument("short_grid", help="grid 'shipped''s output folder (30 epochs), with real_ct.json")
 parser.add_argument("long_grid", help="grid 'student_schedule''s output folder (60 epochs), with real_ct.json")
 parser.add_argument("--out", required=True, help="output stem: writes STEM.json, STEM.md, STEM.png, STEM_per_volume/")
+parser.add_argument("--more_seeds", help="the grid's output folder of seeds 3-4, with real_ct.json: the 60-epoch "
+                    "arms' spread over five seeds, outside every test")
 args = parser.parse_args()
 folders = {"short": Path(args.short_grid), "long": Path(args.long_grid)}
 stem = Path(args.out)
@@ -50,19 +55,22 @@ def best_validation(folder: Path, run: str) -> dict:
             "epoch": int(state["best_model"]["best_metric_epoch"]), "epochs": int(state["trainer"]["epoch"])}
 
 
-arms = {}
-for arm, (grid, config, label) in ARMS.items():
-    folder = folders[grid]
+def trainings(folder: Path, config: str) -> dict:
+    """A grid configuration's runs in ``folder``: per-seed test Dice, validation, training time, fixture Dice."""
     entry, real = described(folder)[config], json.loads((folder / "real_ct.json").read_text())
     runs = [f"{config}-s{seed}" for seed in entry["seeds"]]
-    arms[arm] = {"label": label, "grid_folder": str(folder), "runs": runs,
-                 "test_dice_per_seed": [round(d, 4) for d in entry["dice_per_seed"]],
-                 "test_dice_mean": round(entry["dice_mean"], 4), "test_dice_std": round(entry["dice_std"], 4),
-                 "best_validation": [best_validation(folder, run) for run in runs],
-                 "train_seconds": [round(json.loads((folder / "stages" / run / "train.json").read_text())["seconds"])
-                                   for run in runs],
-                 "real_ct": {run: {s: r["dice"] for s, r in real[run]["subjects"].items()} for run in runs},
-                 "test_dice_per_volume": entry["dice_per_volume"]}
+    return {"runs": runs, "test_dice_per_seed": [round(d, 4) for d in entry["dice_per_seed"]],
+            "test_dice_mean": round(entry["dice_mean"], 4), "test_dice_std": round(entry["dice_std"], 4),
+            "best_validation": [best_validation(folder, run) for run in runs],
+            "train_seconds": [round(json.loads((folder / "stages" / run / "train.json").read_text())["seconds"])
+                              for run in runs],
+            "real_ct": {run: {s: r["dice"] for s, r in real[run]["subjects"].items()} for run in runs},
+            "test_dice_per_volume": entry["dice_per_volume"]}
+
+
+arms = {}
+for arm, (grid, config, label) in ARMS.items():
+    arms[arm] = {"label": label, "grid_folder": str(folders[grid]), **trainings(folders[grid], config)}
 
 per_volume_dice = {arm: entry["test_dice_per_volume"] for arm, entry in arms.items()}
 deciding = paired_comparisons(per_volume_dice, DECIDING)
@@ -74,23 +82,44 @@ decision = ("replace the served student with dist-60's seed 0 and make 60 epochs
             f"keep the served student and the 30-epoch schedule (DIST-60 vs DIST-30: {gain:+.3f}, paired t p {p:.2g}; "
             "the rule asks for a gain with p < 0.05)")
 grid = json.loads(GRID.read_text())
-results = {"command": __doc__.strip().splitlines()[2:4], "protocol": grid["description"], "rules": grid["notes"],
+results = {"command": __doc__.strip().split("\n\n")[1].splitlines(), "protocol": grid["description"], "rules": grid["notes"],
            "hardware": "2-core Intel Xeon, no GPU; each run on one torch thread (grid 'shipped': two side by side; "
                        "this grid: three side by side)",
            "arms": arms, "deciding_comparison": deciding, "reported_comparisons": reported, "decision": decision}
+
+
+def fixture_summary(entry: dict) -> None:
+    fixtures = [d for run in entry["real_ct"].values() for d in run.values()]
+    entry["real_ct_mean"], entry["real_ct_min"] = round(sum(fixtures) / len(fixtures), 4), min(fixtures)
+
+
 for arm in arms.values():
-    fixtures = [d for run in arm["real_ct"].values() for d in run.values()]
-    arm["real_ct_mean"], arm["real_ct_min"] = round(sum(fixtures) / len(fixtures), 4), min(fixtures)
+    fixture_summary(arm)
+# seeds 3-4 of the 60-epoch arms: each training's figures beside seeds 0-2's, the spread over five; no test
+spread = {}
+if args.more_seeds:
+    for arm in ("base-60", "dist-60"):
+        more = trainings(Path(args.more_seeds), ARMS[arm][1])
+        per_seed = arms[arm]["test_dice_per_seed"] + more["test_dice_per_seed"]
+        mean, std, _ = mean_std(per_seed)
+        spread[arm] = {"label": ARMS[arm][2], "grid_folder": args.more_seeds, "runs": arms[arm]["runs"] + more["runs"],
+                       "more_runs": more["runs"], "test_dice_per_seed": per_seed,
+                       "test_dice_mean": round(mean, 4), "test_dice_std": round(std, 4),
+                       "best_validation": arms[arm]["best_validation"] + more["best_validation"],
+                       "real_ct": {**arms[arm]["real_ct"], **more["real_ct"]}}
+        fixture_summary(spread[arm])
+    results["five_seed_spread"] = spread
 stem.parent.mkdir(parents=True, exist_ok=True)
 stem.with_suffix(".json").write_text(json.dumps(
     {**results, "arms": {name: {**arm, "test_dice_per_volume": {c: round(d, 4) for c, d in arm["test_dice_per_volume"].items()}}
                          for name, arm in arms.items()}}, indent=2, default=float))
 per_volume = stem.parent / f"{stem.name}_per_volume"
 per_volume.mkdir(exist_ok=True)
-for arm, entry in arms.items():
-    for run in entry["runs"]:
-        shutil.copy(Path(entry["grid_folder"]) / "eval" / run / "test" / "metrics.csv",
-                    per_volume / f"{arm}-{run.rsplit('-', 1)[1]}.csv")
+copies = [(arm, entry["grid_folder"], entry["runs"]) for arm, entry in arms.items()]
+copies += [(arm, entry["grid_folder"], entry["more_runs"]) for arm, entry in spread.items()]
+for arm, folder, runs in copies:
+    for run in runs:
+        shutil.copy(Path(folder) / "eval" / run / "test" / "metrics.csv", per_volume / f"{arm}-{run.rsplit('-', 1)[1]}.csv")
 
 
 def fixture(arm: dict, subject: str) -> str:
@@ -117,6 +146,14 @@ for label, family in (("deciding", deciding), ("reported", reported)):
 lines += ["", f"Decision (rule fixed in the grid before its runs): {decision}.",
           "Holm: the deciding test is a family of one; the two reported tests are one family.",
           f"Fixture Dice in bold: ≥ {STUDENT_GOAL} (the shipped student's goal)."]
+if spread:
+    lines += ["", "Spread over five training seeds (seeds 3-4 run after the study; they enter no test):", "",
+              "| arm | test Dice, mean ± std over seeds 0-4 (per seed) | `example_ct_sm`, seeds 0-4 | DICOM series, seeds 0-4 | "
+              "fixtures: mean (lowest) |", "| --- | --- | --- | --- | --- |"]
+    for arm in spread.values():
+        lines.append(f"| {arm['label']} | {arm['test_dice_mean']:.3f} ± {arm['test_dice_std']:.3f} "
+                     f"({', '.join(f'{d:.3f}' for d in arm['test_dice_per_seed'])}) | {fixture(arm, 'example_ct_sm')} | "
+                     f"{fixture(arm, 'example_ct_dicom')} | {arm['real_ct_mean']:.3f} ({arm['real_ct_min']:.3f}) |")
 stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 
