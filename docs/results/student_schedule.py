@@ -1,4 +1,4 @@
-"""The student-schedule grid (`student_schedule`): made student_schedule.json, .md, .png and student_schedule_per_volume/.
+r"""The student-schedule grid (`student_schedule`): made student_schedule.json, .md, .png and student_schedule_per_volume/.
 
     bash docs/results/student_schedule.sh        # spleen-kd grid --grid student_schedule, seeds 0-2 side by side
     OUT=runs/student_schedule_seeds34 SEEDS="3 4" bash docs/results/student_schedule.sh
@@ -25,9 +25,9 @@ from bundle.stats import mean_std, paired_comparisons
 GRID = Path("configs/experiments/student_schedule.json")
 # arm -> (which grid folder, the grid's configuration name, label)
 ARMS = {"base-30": ("short", "S1-fast-f50-base", "S1-fast alone, 30 epochs (grid shipped)"),
-        "dist-30": ("short", "shipped-S1-fast-f50-dist", "S1-fast + DIST, 30 epochs (served recipe)"),
+        "dist-30": ("short", "shipped-S1-fast-f50-dist", "S1-fast + DIST, 30 epochs (served until 0.6.0)"),
         "base-60": ("long", "S1-fast-f50-base", "S1-fast alone, 60 epochs"),
-        "dist-60": ("long", "long-S1-fast-f50-dist", "S1-fast + DIST, 60 epochs")}
+        "dist-60": ("long", "long-S1-fast-f50-dist", "S1-fast + DIST, 60 epochs (served since 0.6.0)")}
 DECIDING = [("dist-60", "dist-30")]
 REPORTED = [("base-60", "base-30"), ("dist-60", "base-60")]
 STUDENT_GOAL = 0.85
