@@ -95,6 +95,12 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     return "\n".join(lines)
 
 
+def goal_marked(values: Sequence[float], goal: float) -> str:
+    """Values as one table cell, ``" / "``-joined to three decimals, those at or above ``goal`` in bold: a
+    study's per-training fixture Dice against the goal the model card sets."""
+    return " / ".join(f"**{v:.3f}**" if v >= goal else f"{v:.3f}" for v in values)
+
+
 def _spleen_slice(image_path: str, label_path: str) -> tuple:
     """The axial slice with the most spleen, in RAS with the label on the image grid."""
     from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd, ResampleToMatchd

@@ -103,6 +103,13 @@ def test_paired_comparisons_pair_volumes_by_key_and_holm_adjust_across_the_pairs
     assert second["p_holm"] > first["p_holm"]
 
 
+
+def test_goal_marked_bolds_exactly_the_values_at_or_above_the_goal():
+    from bundle.report import goal_marked
+
+    assert goal_marked([0.8495, 0.85, 0.9123, 0.0], 0.85) == "0.850 / **0.850** / **0.912** / 0.000"
+    assert goal_marked([], 0.85) == ""
+
 def _record(run, config, seed, dice, baseline=None):
     return stats.RunRecord(run, config, seed, baseline, 57,
                            {f"case{i}": {"dice": d, "iou": d / (2 - d), "hd95_mm": 5.0} for i, d in enumerate(dice)})

@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from bundle.data.assets import REAL_CASES
-from bundle.report import arms_figure
+from bundle.report import arms_figure, goal_marked
 from bundle.stats import paired_comparisons
 
 ARMS = {"base": "S1-fast-f50-base", "dist": "shipped-S1-fast-f50-dist", "thesis": "shipped-S1-fast-f50-thesis"}
@@ -78,8 +78,7 @@ for arm in arms.values():
 
 
 def fixture(arm: dict, subject: str) -> str:
-    values = [v[subject] for v in arm["real_ct"].values()]
-    return " / ".join(f"**{d:.3f}**" if d >= STUDENT_GOAL else f"{d:.3f}" for d in values)
+    return goal_marked([v[subject] for v in arm["real_ct"].values()], STUDENT_GOAL)
 
 
 lines = ["| arm | test Dice, mean ± std over seeds (per seed) | `example_ct_sm`, seeds 0 / 1 / 2 | DICOM series, seeds 0 / 1 / 2 | fixtures: mean (lowest) | train time a run (1 thread) |",

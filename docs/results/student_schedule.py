@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from bundle.data.assets import REAL_CASES
-from bundle.report import arms_figure
+from bundle.report import arms_figure, goal_marked
 from bundle.stats import mean_std, paired_comparisons
 
 GRID = Path("configs/experiments/student_schedule.json")
@@ -75,8 +75,8 @@ for arm, (grid, config, label) in ARMS.items():
 per_volume_dice = {arm: entry["test_dice_per_volume"] for arm, entry in arms.items()}
 deciding = paired_comparisons(per_volume_dice, DECIDING)
 reported = paired_comparisons(per_volume_dice, REPORTED)
-name = "dist-60 vs dist-30"
-gain, p = deciding[name]["gain"], deciding[name]["p_t"]
+(decisive,) = deciding.values()
+gain, p = decisive["gain"], decisive["p_t"]
 decision = ("replace the served student with dist-60's seed 0 and make 60 epochs configs/pretrained.json's "
             f"student schedule (DIST-60 beats DIST-30: {gain:+.3f}, paired t p {p:.2g})" if gain > 0 and p < 0.05 else
             f"keep the served student and the 30-epoch schedule (DIST-60 vs DIST-30: {gain:+.3f}, paired t p {p:.2g}; "
@@ -123,8 +123,7 @@ for arm, folder, runs in copies:
 
 
 def fixture(arm: dict, subject: str) -> str:
-    values = [v[subject] for v in arm["real_ct"].values()]
-    return " / ".join(f"**{d:.3f}**" if d >= STUDENT_GOAL else f"{d:.3f}" for d in values)
+    return goal_marked([v[subject] for v in arm["real_ct"].values()], STUDENT_GOAL)
 
 
 lines = ["| arm | test Dice, mean ± std over seeds (per seed) | best validation Dice (epoch) by seed | "

@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 from bundle.data.assets import REAL_CASES
-from bundle.report import arms_figure
+from bundle.report import arms_figure, goal_marked
 from bundle.networks import from_definition
 from bundle.stats import mean_std, paired_comparisons, read_volume_metrics
 from bundle.workflows import config_files, network_definition
@@ -153,8 +153,7 @@ with open(per_volume / "seed_averaged.csv", "w", newline="") as stream:
 
 
 def fixture(arm: dict, subject: str) -> str:
-    return " / ".join(f"**{s['real_ct'][subject]:.3f}**" if s["real_ct"][subject] >= TEACHER_GOAL
-                      else f"{s['real_ct'][subject]:.3f}" for s in arm["seeds"].values())
+    return goal_marked([s["real_ct"][subject] for s in arm["seeds"].values()], TEACHER_GOAL)
 
 
 def minutes(arm: dict) -> str:
