@@ -1,15 +1,19 @@
-r"""The student-schedule grid (`student_schedule`): made student_schedule.json, .md, .png and student_schedule_per_volume/.
+r"""The student-schedule grids: made student_schedule{,_120}.json, .md, .png and _per_volume/.
 
     bash docs/results/student_schedule.sh        # spleen-kd grid --grid student_schedule, seeds 0-2 side by side
     OUT=runs/student_schedule_seeds34 SEEDS="3 4" bash docs/results/student_schedule.sh
     python docs/results/student_schedule.py runs/shipped runs/student_schedule --out docs/results/student_schedule \
         --more_seeds runs/student_schedule_seeds34
 
-Arms (configs/experiments/student_schedule.json): the served recipe (S1-fast + DIST from the shipped teacher) and
-S1-fast alone, each at 30 student epochs (grid 'shipped') and at 60 (this grid), seeds 0-2, the same split, teacher
-and everything else. One deciding test (DIST-60 vs DIST-30, paired t over the test volumes of seed-averaged
-per-volume 3D Dice) and two reported ones (Holm over the two); the real fixtures per run as a regression check.
-Seeds 3-4 of the 60-epoch arms (--more_seeds, run after the study) give the five-seed spread and enter no test.
+    bash docs/results/student_schedule_120.sh    # continues the 60-epoch runs to 120: seeds 0-2, then 3-4
+    python docs/results/student_schedule.py runs/student_schedule runs/student_schedule_120 --study student_schedule_120 \
+        --out docs/results/student_schedule_120 --more_seeds runs/student_schedule_120_seeds34
+
+Arms (configs/experiments/<study>.json): the served recipe (S1-fast + DIST from the shipped teacher) and S1-fast
+alone, each at the shorter schedule (the earlier grid's runs) and the longer one (the study's grid), seeds 0-2, the
+same split, teacher and everything else. One deciding test (long DIST vs short DIST, paired t over the test volumes
+of seed-averaged per-volume 3D Dice) and two reported ones (Holm over the two); the real fixtures per run as a
+regression check. Seeds 3-4 of the long arms (--more_seeds) give the five-seed spread and enter no test.
 """
 import argparse
 import json
@@ -22,23 +26,50 @@ from bundle.data.assets import REAL_CASES
 from bundle.report import arms_figure, goal_marked
 from bundle.stats import mean_std, paired_comparisons
 
-GRID = Path("configs/experiments/student_schedule.json")
-# arm -> (which grid folder, the grid's configuration name, label)
-ARMS = {"base-30": ("short", "S1-fast-f50-base", "S1-fast alone, 30 epochs (grid shipped)"),
-        "dist-30": ("short", "shipped-S1-fast-f50-dist", "S1-fast + DIST, 30 epochs (served until 0.6.0)"),
-        "base-60": ("long", "S1-fast-f50-base", "S1-fast alone, 60 epochs"),
-        "dist-60": ("long", "long-S1-fast-f50-dist", "S1-fast + DIST, 60 epochs (served since 0.6.0)")}
-DECIDING = [("dist-60", "dist-30")]
-REPORTED = [("base-60", "base-30"), ("dist-60", "base-60")]
+COMMANDS = __doc__.strip().split("\n\n")
+# study -> its grid, arms (arm -> (which grid folder, the grid's configuration name, label)), tests and wording
+STUDIES = {
+    "student_schedule": {
+        "command": COMMANDS[1].splitlines(),
+        "arms": {"base-30": ("short", "S1-fast-f50-base", "S1-fast alone, 30 epochs (grid shipped)"),
+                 "dist-30": ("short", "shipped-S1-fast-f50-dist", "S1-fast + DIST, 30 epochs (served until 0.6.0)"),
+                 "base-60": ("long", "S1-fast-f50-base", "S1-fast alone, 60 epochs"),
+                 "dist-60": ("long", "long-S1-fast-f50-dist", "S1-fast + DIST, 60 epochs (served since 0.6.0)")},
+        "deciding": [("dist-60", "dist-30")], "reported": [("base-60", "base-30"), ("dist-60", "base-60")],
+        "adopt": "replace the served student with dist-60's seed 0 and make 60 epochs configs/pretrained.json's "
+                 "student schedule (DIST-60 beats DIST-30: {gain:+.3f}, paired t p {p:.2g})",
+        "keep": "keep the served student and the 30-epoch schedule (DIST-60 vs DIST-30: {gain:+.3f}, paired t p {p:.2g}; "
+                "the rule asks for a gain with p < 0.05)",
+        "hardware": "2-core Intel Xeon, no GPU; each run on one torch thread (grid 'shipped': two side by side; "
+                    "this grid: three side by side)",
+        "spread_note": "Spread over five training seeds (seeds 3-4 run after the study; they enter no test):"},
+    "student_schedule_120": {
+        "command": COMMANDS[2].splitlines(),
+        "arms": {"base-60": ("short", "S1-fast-f50-base", "S1-fast alone, 60 epochs (grid student_schedule)"),
+                 "dist-60": ("short", "long-S1-fast-f50-dist", "S1-fast + DIST, 60 epochs (served since 0.6.0)"),
+                 "base-120": ("long", "S1-fast-f50-base", "S1-fast alone, 120 epochs"),
+                 "dist-120": ("long", "e120-S1-fast-f50-dist", "S1-fast + DIST, 120 epochs")},
+        "deciding": [("dist-120", "dist-60")], "reported": [("base-120", "base-60"), ("dist-120", "base-120")],
+        "adopt": "replace the served student with dist-120's seed 0 and make 120 epochs configs/pretrained.json's "
+                 "student schedule (DIST-120 beats DIST-60: {gain:+.3f}, paired t p {p:.2g})",
+        "keep": "keep the served student and the 60-epoch schedule (DIST-120 vs DIST-60: {gain:+.3f}, paired t p {p:.2g}; "
+                "the rule asks for a gain with p < 0.05)",
+        "hardware": "2-core Intel Xeon, no GPU; each run on one torch thread, three side by side (seeds 3-4: two); "
+                    "the 120-epoch runs' training minutes are those of epochs 61-120, continued from the 60-epoch runs",
+        "spread_note": "Spread over five training seeds (seeds 3-4 fixed in the grid before any run; they enter no test):"},
+}
 STUDENT_GOAL = 0.85
 
 parser = argparse.ArgumentParser()
-parser.add_argument("short_grid", help="grid 'shipped''s output folder (30 epochs), with real_ct.json")
-parser.add_argument("long_grid", help="grid 'student_schedule''s output folder (60 epochs), with real_ct.json")
+parser.add_argument("short_grid", help="the shorter schedule's grid output folder, with real_ct.json")
+parser.add_argument("long_grid", help="the study grid's output folder (the longer schedule), with real_ct.json")
+parser.add_argument("--study", default="student_schedule", choices=sorted(STUDIES), help="which study (its grid's name)")
 parser.add_argument("--out", required=True, help="output stem: writes STEM.json, STEM.md, STEM.png, STEM_per_volume/")
-parser.add_argument("--more_seeds", help="the grid's output folder of seeds 3-4, with real_ct.json: the 60-epoch "
+parser.add_argument("--more_seeds", help="the study grid's output folder of seeds 3-4, with real_ct.json: the long "
                     "arms' spread over five seeds, outside every test")
 args = parser.parse_args()
+study = STUDIES[args.study]
+ARMS = study["arms"]
 folders = {"short": Path(args.short_grid), "long": Path(args.long_grid)}
 stem = Path(args.out)
 
@@ -73,18 +104,14 @@ for arm, (grid, config, label) in ARMS.items():
     arms[arm] = {"label": label, "grid_folder": str(folders[grid]), **trainings(folders[grid], config)}
 
 per_volume_dice = {arm: entry["test_dice_per_volume"] for arm, entry in arms.items()}
-deciding = paired_comparisons(per_volume_dice, DECIDING)
-reported = paired_comparisons(per_volume_dice, REPORTED)
+deciding = paired_comparisons(per_volume_dice, study["deciding"])
+reported = paired_comparisons(per_volume_dice, study["reported"])
 (decisive,) = deciding.values()
 gain, p = decisive["gain"], decisive["p_t"]
-decision = ("replace the served student with dist-60's seed 0 and make 60 epochs configs/pretrained.json's "
-            f"student schedule (DIST-60 beats DIST-30: {gain:+.3f}, paired t p {p:.2g})" if gain > 0 and p < 0.05 else
-            f"keep the served student and the 30-epoch schedule (DIST-60 vs DIST-30: {gain:+.3f}, paired t p {p:.2g}; "
-            "the rule asks for a gain with p < 0.05)")
-grid = json.loads(GRID.read_text())
-results = {"command": __doc__.strip().split("\n\n")[1].splitlines(), "protocol": grid["description"], "rules": grid["notes"],
-           "hardware": "2-core Intel Xeon, no GPU; each run on one torch thread (grid 'shipped': two side by side; "
-                       "this grid: three side by side)",
+decision = study["adopt" if gain > 0 and p < 0.05 else "keep"].format(gain=gain, p=p)
+grid = json.loads((Path("configs/experiments") / f"{args.study}.json").read_text())
+results = {"command": study["command"], "protocol": grid["description"], "rules": grid["notes"],
+           "hardware": study["hardware"],
            "arms": arms, "deciding_comparison": deciding, "reported_comparisons": reported, "decision": decision}
 
 
@@ -95,10 +122,10 @@ def fixture_summary(entry: dict) -> None:
 
 for arm in arms.values():
     fixture_summary(arm)
-# seeds 3-4 of the 60-epoch arms: each training's figures beside seeds 0-2's, the spread over five; no test
+# seeds 3-4 of the long arms: each training's figures beside seeds 0-2's, the spread over five; no test
 spread = {}
 if args.more_seeds:
-    for arm in ("base-60", "dist-60"):
+    for arm in [a for a, (grid, _, _) in ARMS.items() if grid == "long"]:
         more = trainings(Path(args.more_seeds), ARMS[arm][1])
         per_seed = arms[arm]["test_dice_per_seed"] + more["test_dice_per_seed"]
         mean, std, _ = mean_std(per_seed)
@@ -146,7 +173,7 @@ lines += ["", f"Decision (rule fixed in the grid before its runs): {decision}.",
           "Holm: the deciding test is a family of one; the two reported tests are one family.",
           f"Fixture Dice in bold: ≥ {STUDENT_GOAL} (the shipped student's goal)."]
 if spread:
-    lines += ["", "Spread over five training seeds (seeds 3-4 run after the study; they enter no test):", "",
+    lines += ["", study["spread_note"], "",
               "| arm | test Dice, mean ± std over seeds 0-4 (per seed) | `example_ct_sm`, seeds 0-4 | DICOM series, seeds 0-4 | "
               "fixtures: mean (lowest) |", "| --- | --- | --- | --- | --- |"]
     for arm in spread.values():
