@@ -23,6 +23,17 @@ from bundle import experiments
 # --- statistics -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("grid", sorted(p.stem for p in experiments.GRIDS.glob("*.json")))
+def test_every_committed_grid_loads_and_plans_distinct_runs(grid, tmp_path):
+    """A grid file in configs/experiments is a study's record: it must still load against kd.json's terms,
+    find its given teachers, and plan one run per name over its own seeds."""
+    spec = experiments.load_grid(grid)
+    runs = experiments.plan(spec, tmp_path / "out", spec["seeds"], "/data/x")
+    names = [run.name for run in runs]
+    assert names and len(names) == len(set(names))
+    assert {run.seed for run in runs if run.stage != "teacher"} == set(spec["seeds"])
+
+
 def test_mean_std_ignores_nan_and_states_missing_spread():
     mean, std, n = stats.mean_std([1.0, 2.0, 3.0, 4.0, float("nan")])
     assert (mean, n) == (2.5, 4) and std == pytest.approx(math.sqrt(5 / 3))
