@@ -8,7 +8,7 @@ TensorBoard, the losses).
 
 import importlib
 
-__version__ = "0.6.0"
+__version__ = "0.6.1"
 
 _SUBMODULES = ("arrays", "checkpoint", "checks", "data", "engine", "files", "handlers", "io", "losses", "metrics", "networks",
                "report", "reproducibility", "serving", "stats", "switches", "teacher", "tracking", "transforms",
