@@ -210,6 +210,27 @@ class SelectOutputs(nn.Module):
         return tuple(out[k] for k in self.keys)
 
 
+class MeanLogitEnsemble(nn.Module):
+    """Several trained networks as one: the mean of their segmentation logits. Built from the members'
+    definitions (``{"members": [def, ...]}``, as ``model.json`` records it), so one checkpoint holds every
+    member's weights (``members.0.*``, ``members.1.*`` ...) and inference, evaluation and export treat it as
+    any network. It has no features of its own (``return_features=True`` gives ``seg`` only)."""
+
+    def __init__(self, members: Sequence[nn.Module | dict]):
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member network.")
+        from .serving.model_info import network_definition
+
+        self.members = nn.ModuleList(m if isinstance(m, nn.Module) else from_definition(m) for m in members)
+        self.hparams = {"members": [network_definition(m) for m in self.members]}
+        self.feature_channels: dict[str, int] = {}
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        seg = torch.stack([member(x) for member in self.members]).mean(dim=0)
+        return {"seg": seg} if return_features else seg
+
+
 def count_parameters(network: nn.Module) -> int:
     """Every parameter, trainable or frozen: the size the model is reported and compared by."""
     return sum(p.numel() for p in network.parameters())

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bundle.networks import SCALES, FeatureUNet, MultiTaskUNETR, SelectOutputs, count_parameters
+from bundle.networks import SCALES, FeatureUNet, MeanLogitEnsemble, MultiTaskUNETR, SelectOutputs, count_parameters, from_definition
 
 T1 = dict(channels=(64, 128, 256, 512), bottleneck=1024, convs_per_block=2, reconstruction=True)
 S1 = dict(channels=(16, 32), bottleneck=64, convs_per_block=1)
@@ -58,3 +58,26 @@ def test_select_outputs_gives_seg_and_rec_for_an_inferer():
 def test_unetr_teacher_rejects_image_sizes_that_are_not_patch_multiples():
     with pytest.raises(ValueError, match="multiple of the 16-pixel patch"):
         MultiTaskUNETR(img_size=100)
+
+
+def test_an_ensemble_averages_its_members_logits_and_rebuilds_from_its_definition():
+    torch.manual_seed(0)
+    members = [FeatureUNet(channels=(4, 8), bottleneck=8), FeatureUNet(channels=(4, 8), bottleneck=8, stem_stride=2)]
+    ensemble = MeanLogitEnsemble(members).eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        expected = (members[0](x) + members[1](x)) / 2
+        assert torch.allclose(ensemble(x), expected, atol=1e-6)
+        assert set(ensemble(x, return_features=True)) == {"seg"}
+        alone = MeanLogitEnsemble(members[:1]).eval()
+        assert torch.equal(alone(x), members[0](x))
+    # one checkpoint holds every member; the definition model.json records rebuilds the same network
+    from bundle.serving.model_info import network_definition
+
+    rebuilt = from_definition(network_definition(ensemble)).eval()
+    rebuilt.load_state_dict(ensemble.state_dict())
+    assert {k.split(".")[1] for k in ensemble.state_dict()} == {"0", "1"}
+    with torch.no_grad():
+        assert torch.allclose(rebuilt(x), ensemble(x), atol=1e-6)
+    with pytest.raises(ValueError, match="at least one member"):
+        MeanLogitEnsemble([])
