@@ -214,7 +214,8 @@ class MeanLogitEnsemble(nn.Module):
     """Several trained networks as one: the mean of their segmentation logits. Built from the members'
     definitions (``{"members": [def, ...]}``, as ``model.json`` records it), so one checkpoint holds every
     member's weights (``members.0.*``, ``members.1.*`` ...) and inference, evaluation and export treat it as
-    any network. It has no features of its own (``return_features=True`` gives ``seg`` only)."""
+    any network. ``return_features=True`` gives the mean of the image-space outputs every member has (``seg``,
+    and ``rec`` for multi-task teachers): the members' feature maps do not correspond channel by channel."""
 
     def __init__(self, members: Sequence[nn.Module | dict]):
         super().__init__()
@@ -227,8 +228,11 @@ class MeanLogitEnsemble(nn.Module):
         self.feature_channels: dict[str, int] = {}
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
-        seg = torch.stack([member(x) for member in self.members]).mean(dim=0)
-        return {"seg": seg} if return_features else seg
+        if not return_features:
+            return torch.stack([member(x) for member in self.members]).mean(dim=0)
+        outputs = [member(x, return_features=True) for member in self.members]
+        shared = [key for key in ("seg", "rec") if all(key in out for out in outputs)]
+        return {key: torch.stack([out[key] for out in outputs]).mean(dim=0) for key in shared}
 
 
 def count_parameters(network: nn.Module) -> int:

@@ -69,6 +69,11 @@ def test_an_ensemble_averages_its_members_logits_and_rebuilds_from_its_definitio
         expected = (members[0](x) + members[1](x)) / 2
         assert torch.allclose(ensemble(x), expected, atol=1e-6)
         assert set(ensemble(x, return_features=True)) == {"seg"}
+        assert torch.allclose(ensemble(x, return_features=True)["seg"], expected, atol=1e-6)
+        teachers = [FeatureUNet(channels=(4, 8), bottleneck=8, reconstruction=True) for _ in range(2)]
+        both = MeanLogitEnsemble(teachers).eval()(x, return_features=True)
+        assert set(both) == {"seg", "rec"}  # image-space outputs only: member features do not correspond
+        assert torch.allclose(both["rec"], (teachers[0](x, True)["rec"] + teachers[1](x, True)["rec"]) / 2, atol=1e-6)
         alone = MeanLogitEnsemble(members[:1]).eval()
         assert torch.equal(alone(x), members[0](x))
     # one checkpoint holds every member; the definition model.json records rebuilds the same network
