@@ -226,13 +226,22 @@ class MeanLogitEnsemble(nn.Module):
         self.members = nn.ModuleList(m if isinstance(m, nn.Module) else from_definition(m) for m in members)
         self.hparams = {"members": [network_definition(m) for m in self.members]}
         self.feature_channels: dict[str, int] = {}
+        # what a distillation term may read from it as a teacher (the trainer refuses any other output)
+        self.provides = sorted(set.intersection(*(_image_outputs(m) for m in self.members)))
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
         if not return_features:
             return torch.stack([member(x) for member in self.members]).mean(dim=0)
         outputs = [member(x, return_features=True) for member in self.members]
-        shared = [key for key in ("seg", "rec") if all(key in out for out in outputs)]
-        return {key: torch.stack([out[key] for out in outputs]).mean(dim=0) for key in shared}
+        return {key: torch.stack([out[key] for out in outputs]).mean(dim=0) for key in self.provides}
+
+
+def _image_outputs(network: nn.Module) -> set[str]:
+    """The image-space outputs a network gives: ``seg``, and ``rec`` for a multi-task teacher."""
+    declared = getattr(network, "provides", None)
+    if declared is not None:
+        return set(declared) & {"seg", "rec"}
+    return {"seg"} | ({"rec"} if getattr(network, "rec_decoder", None) is not None else set())
 
 
 def count_parameters(network: nn.Module) -> int:

@@ -301,3 +301,33 @@ def test_a_2d_monai_unet_teaches_through_the_config_as_docs_teachers_md_shows(ph
     assert terms and all(float(t["dist"]) > 0 and float(t["infonce_encoder"]) > 0 for t in terms)
     head = workflow.parser.get_parsed_content("loss").terms["infonce_encoder"].loss.teacher_head
     assert next(p for p in head.parameters() if p.dim() == 4).shape[1] == 16  # sized from the tapped feature
+
+
+def test_an_ensemble_of_teachers_distils_through_dist_and_refuses_feature_terms_before_training(phantom_dir, tmp_path):
+    from bundle.networks import FeatureUNet, MeanLogitEnsemble
+    from bundle.serving.model_info import network_definition
+
+    torch.manual_seed(0)
+    ensemble = MeanLogitEnsemble([FeatureUNet(channels=(4, 8), bottleneck=8, reconstruction=True) for _ in range(2)])
+    assert ensemble.provides == ["rec", "seg"]
+    weights = tmp_path / "ensemble.pt"
+    torch.save(ensemble.state_dict(), weights)
+    base = dict(bundle_root=str(REPO), dataset_dir=str(phantom_dir), slice_size=32, slices_per_volume=4,
+                student_def=TINY_STUDENT, amp=False, epochs=1, val_interval=100, publish=False,
+                teacher_def=network_definition(ensemble), teacher_ckpt=str(weights))
+    workflow = ConfigWorkflow(config_file=config_files("kd"), meta_file=META_FILE, logging_file=False, workflow_type="train",
+                              run_id="training", output_root=str(tmp_path / "dist"), distill=["dist"], **base)
+    workflow.initialize()
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    terms = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: terms.append(float(e.state.output["loss_terms"]["dist"])))
+    workflow.run()
+    assert terms and all(t > 0 for t in terms)
+    teacher = workflow.parser.get_parsed_content("teacher")
+    torch.testing.assert_close(teacher.state_dict(), ensemble.state_dict())  # frozen: distillation left it as loaded
+    workflow = ConfigWorkflow(config_file=config_files("kd"), meta_file=META_FILE, logging_file=False, workflow_type="train",
+                              run_id="training", output_root=str(tmp_path / "feat"), distill=["infonce_encoder"], **base)
+    workflow.initialize()
+    with pytest.raises(Exception) as raised:
+        workflow.parser.get_parsed_content("train#trainer")
+    assert "reads teacher output(s) ['encoder'], but the MeanLogitEnsemble gives only ['rec', 'seg']" in error_chain(raised.value)
