@@ -213,8 +213,8 @@ class SelectOutputs(nn.Module):
 class MeanLogitEnsemble(nn.Module):
     """Several trained networks as one: the mean of their segmentation logits. Built from the members'
     definitions (``{"members": [def, ...]}``, as ``model.json`` records it), so one checkpoint holds every
-    member's weights (``members.0.*``, ``members.1.*`` ...) and inference, evaluation and export treat it as
-    any network. ``return_features=True`` gives the mean of the image-space outputs every member has (``seg``,
+    member's weights (``members.0.*``, ``members.1.*`` ...) and evaluation and distillation load it as any
+    network. ``return_features=True`` gives the mean of the image-space outputs every member has (``seg``,
     and ``rec`` for multi-task teachers): the members' feature maps do not correspond channel by channel."""
 
     def __init__(self, members: Sequence[nn.Module | dict]):
