@@ -27,33 +27,23 @@ from bundle.report import arms_figure, goal_marked
 from bundle.stats import mean_std, paired_comparisons
 
 COMMANDS = __doc__.strip().split("\n\n")
-# study -> its grid, arms (arm -> (which grid folder, the grid's configuration name, label)), tests and wording
+BASE = "S1-fast-f50-base"  # the student alone: the same configuration name in every grid
+# study -> its schedules (short, long: student epochs), the DIST configuration of each schedule's grid, the arms'
+# labels in the order base-short, dist-short, base-long, dist-long, and its wording
 STUDIES = {
     "student_schedule": {
-        "command": COMMANDS[1].splitlines(),
-        "arms": {"base-30": ("short", "S1-fast-f50-base", "S1-fast alone, 30 epochs (grid shipped)"),
-                 "dist-30": ("short", "shipped-S1-fast-f50-dist", "S1-fast + DIST, 30 epochs (served until 0.6.0)"),
-                 "base-60": ("long", "S1-fast-f50-base", "S1-fast alone, 60 epochs"),
-                 "dist-60": ("long", "long-S1-fast-f50-dist", "S1-fast + DIST, 60 epochs (served since 0.6.0)")},
-        "deciding": [("dist-60", "dist-30")], "reported": [("base-60", "base-30"), ("dist-60", "base-60")],
-        "adopt": "replace the served student with dist-60's seed 0 and make 60 epochs configs/pretrained.json's "
-                 "student schedule (DIST-60 beats DIST-30: {gain:+.3f}, paired t p {p:.2g})",
-        "keep": "keep the served student and the 30-epoch schedule (DIST-60 vs DIST-30: {gain:+.3f}, paired t p {p:.2g}; "
-                "the rule asks for a gain with p < 0.05)",
+        "command": COMMANDS[1].splitlines(), "epochs": (30, 60),
+        "dist_configs": ("shipped-S1-fast-f50-dist", "long-S1-fast-f50-dist"),
+        "labels": ("S1-fast alone, 30 epochs (grid shipped)", "S1-fast + DIST, 30 epochs (served until 0.6.0)",
+                   "S1-fast alone, 60 epochs", "S1-fast + DIST, 60 epochs (served since 0.6.0)"),
         "hardware": "2-core Intel Xeon, no GPU; each run on one torch thread (grid 'shipped': two side by side; "
                     "this grid: three side by side)",
         "spread_note": "Spread over five training seeds (seeds 3-4 run after the study; they enter no test):"},
     "student_schedule_120": {
-        "command": COMMANDS[2].splitlines(),
-        "arms": {"base-60": ("short", "S1-fast-f50-base", "S1-fast alone, 60 epochs (grid student_schedule)"),
-                 "dist-60": ("short", "long-S1-fast-f50-dist", "S1-fast + DIST, 60 epochs (served since 0.6.0)"),
-                 "base-120": ("long", "S1-fast-f50-base", "S1-fast alone, 120 epochs"),
-                 "dist-120": ("long", "e120-S1-fast-f50-dist", "S1-fast + DIST, 120 epochs")},
-        "deciding": [("dist-120", "dist-60")], "reported": [("base-120", "base-60"), ("dist-120", "base-120")],
-        "adopt": "replace the served student with dist-120's seed 0 and make 120 epochs configs/pretrained.json's "
-                 "student schedule (DIST-120 beats DIST-60: {gain:+.3f}, paired t p {p:.2g})",
-        "keep": "keep the served student and the 60-epoch schedule (DIST-120 vs DIST-60: {gain:+.3f}, paired t p {p:.2g}; "
-                "the rule asks for a gain with p < 0.05)",
+        "command": COMMANDS[2].splitlines(), "epochs": (60, 120),
+        "dist_configs": ("long-S1-fast-f50-dist", "e120-S1-fast-f50-dist"),
+        "labels": ("S1-fast alone, 60 epochs (grid student_schedule)", "S1-fast + DIST, 60 epochs (served since 0.6.0)",
+                   "S1-fast alone, 120 epochs", "S1-fast + DIST, 120 epochs"),
         "hardware": "2-core Intel Xeon, no GPU; each run on one torch thread, three side by side (seeds 3-4: two); "
                     "the 120-epoch runs' training minutes are those of epochs 61-120, continued from the 60-epoch runs",
         "spread_note": "Spread over five training seeds (seeds 3-4 fixed in the grid before any run; they enter no test):"},
@@ -69,7 +59,14 @@ parser.add_argument("--more_seeds", help="the study grid's output folder of seed
                     "arms' spread over five seeds, outside every test")
 args = parser.parse_args()
 study = STUDIES[args.study]
-ARMS = study["arms"]
+short, long = study["epochs"]
+dist_short, dist_long = study["dist_configs"]
+labels = study["labels"]
+# arm -> (which grid folder, the grid's configuration name, label)
+ARMS = {f"base-{short}": ("short", BASE, labels[0]), f"dist-{short}": ("short", dist_short, labels[1]),
+        f"base-{long}": ("long", BASE, labels[2]), f"dist-{long}": ("long", dist_long, labels[3])}
+DECIDING = [(f"dist-{long}", f"dist-{short}")]
+REPORTED = [(f"base-{long}", f"base-{short}"), (f"dist-{long}", f"base-{long}")]
 folders = {"short": Path(args.short_grid), "long": Path(args.long_grid)}
 stem = Path(args.out)
 
@@ -104,11 +101,14 @@ for arm, (grid, config, label) in ARMS.items():
     arms[arm] = {"label": label, "grid_folder": str(folders[grid]), **trainings(folders[grid], config)}
 
 per_volume_dice = {arm: entry["test_dice_per_volume"] for arm, entry in arms.items()}
-deciding = paired_comparisons(per_volume_dice, study["deciding"])
-reported = paired_comparisons(per_volume_dice, study["reported"])
+deciding = paired_comparisons(per_volume_dice, DECIDING)
+reported = paired_comparisons(per_volume_dice, REPORTED)
 (decisive,) = deciding.values()
 gain, p = decisive["gain"], decisive["p_t"]
-decision = study["adopt" if gain > 0 and p < 0.05 else "keep"].format(gain=gain, p=p)
+decision = (f"replace the served student with dist-{long}'s seed 0 and make {long} epochs configs/pretrained.json's "
+            f"student schedule (DIST-{long} beats DIST-{short}: {gain:+.3f}, paired t p {p:.2g})" if gain > 0 and p < 0.05 else
+            f"keep the served student and the {short}-epoch schedule (DIST-{long} vs DIST-{short}: {gain:+.3f}, "
+            f"paired t p {p:.2g}; the rule asks for a gain with p < 0.05)")
 grid = json.loads((Path("configs/experiments") / f"{args.study}.json").read_text())
 results = {"command": study["command"], "protocol": grid["description"], "rules": grid["notes"],
            "hardware": study["hardware"],
