@@ -1,4 +1,4 @@
-r"""The student-schedule grids: made student_schedule{,_120}.json, .md, .png and _per_volume/.
+r"""The served recipe's follow-up grids: made student_schedule{,_120}.json and ensemble_teacher.json, .md, .png and _per_volume/.
 
     bash docs/results/student_schedule.sh        # spleen-kd grid --grid student_schedule, seeds 0-2 side by side
     OUT=runs/student_schedule_seeds34 SEEDS="3 4" bash docs/results/student_schedule.sh
@@ -9,11 +9,16 @@ r"""The student-schedule grids: made student_schedule{,_120}.json, .md, .png and
     python docs/results/student_schedule.py runs/student_schedule runs/student_schedule_120 --study student_schedule_120 \
         --out docs/results/student_schedule_120 --more_seeds runs/student_schedule_120_seeds34
 
-Arms (configs/experiments/<study>.json): the served recipe (S1-fast + DIST from the shipped teacher) and S1-fast
-alone, each at the shorter schedule (the earlier grid's runs) and the longer one (the study's grid), seeds 0-2, the
-same split, teacher and everything else. One deciding test (long DIST vs short DIST, paired t over the test volumes
-of seed-averaged per-volume 3D Dice) and two reported ones (Holm over the two); the real fixtures per run as a
-regression check. Seeds 3-4 of the long arms (--more_seeds) give the five-seed spread and enter no test.
+    bash docs/results/ensemble_teacher.sh        # DIST from the teacher ensemble: seeds 0-2, then 3-4
+    python docs/results/student_schedule.py runs/student_schedule runs/ensemble_teacher --study ensemble_teacher \
+        --out docs/results/ensemble_teacher --more_seeds runs/ensemble_teacher_seeds34
+
+Arms (configs/experiments/<study>.json), seeds 0-2, the same split and everything else but what the study changes:
+the schedule studies run the served recipe (S1-fast + DIST from the shipped teacher) and S1-fast alone at the
+earlier grid's schedule and a longer one; ensemble_teacher runs the served recipe with the teacher ensemble as its
+teacher. One deciding test (paired t over the test volumes of seed-averaged per-volume 3D Dice) and reported ones
+(one Holm family); the real fixtures per run as a regression check. Seeds 3-4 of the study grid's arms
+(--more_seeds) give the five-seed spread and enter no test.
 """
 import argparse
 import json
@@ -28,46 +33,79 @@ from bundle.stats import mean_std, paired_comparisons
 
 COMMANDS = __doc__.strip().split("\n\n")
 BASE = "S1-fast-f50-base"  # the student alone: the same configuration name in every grid
-# study -> its schedules (short, long: student epochs), the DIST configuration of each schedule's grid, the arms'
-# labels in the order base-short, dist-short, base-long, dist-long, and its wording
-STUDIES = {
-    "student_schedule": {
-        "command": COMMANDS[1].splitlines(), "epochs": (30, 60),
-        "dist_configs": ("shipped-S1-fast-f50-dist", "long-S1-fast-f50-dist"),
-        "labels": ("S1-fast alone, 30 epochs (grid shipped)", "S1-fast + DIST, 30 epochs (served until 0.6.0)",
-                   "S1-fast alone, 60 epochs", "S1-fast + DIST, 60 epochs (served since 0.6.0)"),
-        "hardware": "2-core Intel Xeon, no GPU; each run on one torch thread (grid 'shipped': two side by side; "
-                    "this grid: three side by side)",
-        "spread_note": "Spread over five training seeds (seeds 3-4 run after the study; they enter no test):"},
-    "student_schedule_120": {
-        "command": COMMANDS[2].splitlines(), "epochs": (60, 120),
-        "dist_configs": ("long-S1-fast-f50-dist", "e120-S1-fast-f50-dist"),
-        "labels": ("S1-fast alone, 60 epochs (grid student_schedule)", "S1-fast + DIST, 60 epochs (served since 0.6.0)",
-                   "S1-fast alone, 120 epochs", "S1-fast + DIST, 120 epochs"),
-        "hardware": "2-core Intel Xeon, no GPU; each run on one torch thread, three side by side (seeds 3-4: two); "
-                    "the 120-epoch runs' training minutes are those of epochs 61-120, continued from the 60-epoch runs",
-        "spread_note": "Spread over five training seeds (seeds 3-4 fixed in the grid before any run; they enter no test):"},
-}
 STUDENT_GOAL = 0.85
 
+
+def schedule_study(command: str, epochs: tuple[int, int], dist_configs: tuple[str, str], labels: tuple[str, ...],
+                   **wording) -> dict:
+    """A schedule study: both arms (student alone, served recipe) at the earlier grid's schedule and the study's longer
+    one; labels in the order base-short, dist-short, base-long, dist-long. Decides long DIST against short DIST."""
+    short, long = epochs
+    (dist_short, dist_long) = dist_configs
+
+    def decision(gain: float, p: float) -> str:
+        if gain > 0 and p < 0.05:
+            return (f"replace the served student with dist-{long}'s seed 0 and make {long} epochs configs/pretrained.json's "
+                    f"student schedule (DIST-{long} beats DIST-{short}: {gain:+.3f}, paired t p {p:.2g})")
+        return (f"keep the served student and the {short}-epoch schedule (DIST-{long} vs DIST-{short}: {gain:+.3f}, "
+                f"paired t p {p:.2g}; the rule asks for a gain with p < 0.05)")
+
+    return {"command": command.splitlines(), "decision": decision, **wording,
+            "arms": {f"base-{short}": ("reference", BASE, labels[0]), f"dist-{short}": ("reference", dist_short, labels[1]),
+                     f"base-{long}": ("study", BASE, labels[2]), f"dist-{long}": ("study", dist_long, labels[3])},
+            "deciding": [(f"dist-{long}", f"dist-{short}")],
+            "reported": [(f"base-{long}", f"base-{short}"), (f"dist-{long}", f"base-{long}")]}
+
+
+def ensemble_decision(gain: float, p: float) -> str:
+    if gain > 0 and p < 0.05:
+        return ("replace the served student with dist-ensemble's seed 0, commit the ensemble as models/teacher_ensemble/ "
+                f"and make it configs/pretrained.json's distillation teacher (it beats the shipped teacher's DIST: "
+                f"{gain:+.3f}, paired t p {p:.2g})")
+    return (f"keep the served student and its teacher (DIST from the ensemble vs from the shipped teacher: {gain:+.3f}, "
+            f"paired t p {p:.2g}; the rule asks for a gain with p < 0.05)")
+
+
+# study (its grid's name) -> arms (arm -> which grid folder, the grid's configuration name, label), the deciding
+# comparison, the reported ones (one Holm family), the decision's wording, hardware and the spread's caption
+STUDIES = {
+    "student_schedule": schedule_study(
+        COMMANDS[1], (30, 60), ("shipped-S1-fast-f50-dist", "long-S1-fast-f50-dist"),
+        ("S1-fast alone, 30 epochs (grid shipped)", "S1-fast + DIST, 30 epochs (served until 0.6.0)",
+         "S1-fast alone, 60 epochs", "S1-fast + DIST, 60 epochs (served since 0.6.0)"),
+        hardware="2-core Intel Xeon, no GPU; each run on one torch thread (grid 'shipped': two side by side; "
+                 "this grid: three side by side)",
+        spread_note="Spread over five training seeds (seeds 3-4 run after the study; they enter no test):"),
+    "student_schedule_120": schedule_study(
+        COMMANDS[2], (60, 120), ("long-S1-fast-f50-dist", "e120-S1-fast-f50-dist"),
+        ("S1-fast alone, 60 epochs (grid student_schedule)", "S1-fast + DIST, 60 epochs (served since 0.6.0)",
+         "S1-fast alone, 120 epochs", "S1-fast + DIST, 120 epochs"),
+        hardware="2-core Intel Xeon, no GPU; each run on one torch thread, three side by side (seeds 3-4: two); "
+                 "the 120-epoch runs' training minutes are those of epochs 61-120, continued from the 60-epoch runs",
+        spread_note="Spread over five training seeds (seeds 3-4 fixed in the grid before any run; they enter no test):"),
+    "ensemble_teacher": {
+        "command": COMMANDS[3].splitlines(), "decision": ensemble_decision,
+        "arms": {"base": ("reference", BASE, "S1-fast alone, 60 epochs (grid student_schedule)"),
+                 "dist-shipped": ("reference", "long-S1-fast-f50-dist",
+                                  "S1-fast + DIST from the shipped teacher, 60 epochs (served since 0.6.0)"),
+                 "dist-ensemble": ("study", "ens-S1-fast-f50-dist", "S1-fast + DIST from the teacher ensemble, 60 epochs")},
+        "deciding": [("dist-ensemble", "dist-shipped")], "reported": [("dist-ensemble", "base")],
+        "hardware": "2-core Intel Xeon, no GPU; each run on one torch thread, three side by side (seeds 3-4: two)",
+        "spread_note": "Spread over five training seeds (seeds 3-4 fixed in the grid before any run; they enter no test):"},
+}
+
 parser = argparse.ArgumentParser()
-parser.add_argument("short_grid", help="the shorter schedule's grid output folder, with real_ct.json")
-parser.add_argument("long_grid", help="the study grid's output folder (the longer schedule), with real_ct.json")
+parser.add_argument("reference_grid", help="the earlier grid's output folder (the arms the study compares against), "
+                    "with real_ct.json")
+parser.add_argument("study_grid", help="the study grid's output folder, with real_ct.json")
 parser.add_argument("--study", default="student_schedule", choices=sorted(STUDIES), help="which study (its grid's name)")
 parser.add_argument("--out", required=True, help="output stem: writes STEM.json, STEM.md, STEM.png, STEM_per_volume/")
-parser.add_argument("--more_seeds", help="the study grid's output folder of seeds 3-4, with real_ct.json: the long "
+parser.add_argument("--more_seeds", help="the study grid's output folder of seeds 3-4, with real_ct.json: the study "
                     "arms' spread over five seeds, outside every test")
 args = parser.parse_args()
 study = STUDIES[args.study]
-short, long = study["epochs"]
-dist_short, dist_long = study["dist_configs"]
-labels = study["labels"]
-# arm -> (which grid folder, the grid's configuration name, label)
-ARMS = {f"base-{short}": ("short", BASE, labels[0]), f"dist-{short}": ("short", dist_short, labels[1]),
-        f"base-{long}": ("long", BASE, labels[2]), f"dist-{long}": ("long", dist_long, labels[3])}
-DECIDING = [(f"dist-{long}", f"dist-{short}")]
-REPORTED = [(f"base-{long}", f"base-{short}"), (f"dist-{long}", f"base-{long}")]
-folders = {"short": Path(args.short_grid), "long": Path(args.long_grid)}
+ARMS, DECIDING, REPORTED = study["arms"], study["deciding"], study["reported"]
+folders = {"reference": Path(args.reference_grid), "study": Path(args.study_grid)}
 stem = Path(args.out)
 
 
@@ -105,10 +143,7 @@ deciding = paired_comparisons(per_volume_dice, DECIDING)
 reported = paired_comparisons(per_volume_dice, REPORTED)
 (decisive,) = deciding.values()
 gain, p = decisive["gain"], decisive["p_t"]
-decision = (f"replace the served student with dist-{long}'s seed 0 and make {long} epochs configs/pretrained.json's "
-            f"student schedule (DIST-{long} beats DIST-{short}: {gain:+.3f}, paired t p {p:.2g})" if gain > 0 and p < 0.05 else
-            f"keep the served student and the {short}-epoch schedule (DIST-{long} vs DIST-{short}: {gain:+.3f}, "
-            f"paired t p {p:.2g}; the rule asks for a gain with p < 0.05)")
+decision = study["decision"](gain, p)
 grid = json.loads((Path("configs/experiments") / f"{args.study}.json").read_text())
 results = {"command": study["command"], "protocol": grid["description"], "rules": grid["notes"],
            "hardware": study["hardware"],
@@ -125,7 +160,7 @@ for arm in arms.values():
 # seeds 3-4 of the long arms: each training's figures beside seeds 0-2's, the spread over five; no test
 spread = {}
 if args.more_seeds:
-    for arm in [a for a, (grid, _, _) in ARMS.items() if grid == "long"]:
+    for arm in [a for a, (grid, _, _) in ARMS.items() if grid == "study"]:
         more = trainings(Path(args.more_seeds), ARMS[arm][1])
         per_seed = arms[arm]["test_dice_per_seed"] + more["test_dice_per_seed"]
         mean, std, _ = mean_std(per_seed)
@@ -170,7 +205,8 @@ for label, family in (("deciding", deciding), ("reported", reported)):
         lines.append(f"| {pair} ({label}) | {c['gain']:+.3f} | {c['p_t']:.2g} | {c['p_wilcoxon']:.2g} | "
                      f"{c['p_holm']:.2g} |")
 lines += ["", f"Decision (rule fixed in the grid before its runs): {decision}.",
-          "Holm: the deciding test is a family of one; the two reported tests are one family.",
+          "Holm: the deciding test is a family of one; " + ("the two reported tests are one family." if len(REPORTED) == 2
+                                                     else "the reported test is a family of one."),
           f"Fixture Dice in bold: ≥ {STUDENT_GOAL} (the shipped student's goal)."]
 if spread:
     lines += ["", study["spread_note"], "",
