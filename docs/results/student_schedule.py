@@ -1,4 +1,5 @@
-r"""The served recipe's follow-up grids: made student_schedule{,_120}.json and ensemble_teacher.json, .md, .png and _per_volume/.
+r"""The served recipe's follow-up grids: made the .json, .md, .png and _per_volume/ of student_schedule{,_120},
+ensemble_teacher and student_labels.
 
     bash docs/results/student_schedule.sh        # spleen-kd grid --grid student_schedule, seeds 0-2 side by side
     OUT=runs/student_schedule_seeds34 SEEDS="3 4" bash docs/results/student_schedule.sh
@@ -13,12 +14,16 @@ r"""The served recipe's follow-up grids: made student_schedule{,_120}.json and e
     python docs/results/student_schedule.py runs/student_schedule runs/ensemble_teacher --study ensemble_teacher \
         --out docs/results/ensemble_teacher --more_seeds runs/ensemble_teacher_seeds34
 
+    GRID=student_labels bash docs/results/student_schedule.sh   # both recipes with labels on all volumes, seeds 0-2
+    python docs/results/student_schedule.py runs/student_schedule runs/student_labels --study student_labels \
+        --out docs/results/student_labels
+
 Arms (configs/experiments/<study>.json), seeds 0-2, the same split and everything else but what the study changes:
 the schedule studies run the served recipe (S1-fast + DIST from the shipped teacher) and S1-fast alone at the
-earlier grid's schedule and a longer one; ensemble_teacher runs the served recipe with the teacher ensemble as its
-teacher. One deciding test (paired t over the test volumes of seed-averaged per-volume 3D Dice) and reported ones
-(one Holm family); the real fixtures per run as a regression check. Seeds 3-4 of the study grid's arms
-(--more_seeds) give the five-seed spread and enter no test.
+earlier grid's schedule and a longer one, student_labels both with labels on all volumes; ensemble_teacher runs the
+served recipe with the teacher ensemble as its teacher. One deciding test (paired t over the test volumes of
+seed-averaged per-volume 3D Dice) and reported ones (one Holm family); the real fixtures per run as a regression
+check. Seeds 3-4 of the study grid's arms (--more_seeds) give the five-seed spread and enter no test.
 """
 import argparse
 import json
@@ -36,25 +41,35 @@ BASE = "S1-fast-f50-base"  # the student alone: the same configuration name in e
 STUDENT_GOAL = 0.85
 
 
-def schedule_study(command: str, epochs: tuple[int, int], dist_configs: tuple[str, str], labels: tuple[str, ...],
-                   **wording) -> dict:
-    """A schedule study: both arms (student alone, served recipe) at the earlier grid's schedule and the study's longer
-    one; labels in the order base-short, dist-short, base-long, dist-long. Decides long DIST against short DIST."""
-    short, long = epochs
-    (dist_short, dist_long) = dist_configs
+def paired_study(command: str, tags: tuple, configs: tuple[str, ...], labels: tuple[str, ...], adopted: str, kept: str,
+                 **wording) -> dict:
+    """A study of one change to both recipes (student alone, served recipe): the earlier grid's arms (tag ``tags[0]``)
+    against the study grid's (``tags[1]``); configs and labels in the order base-earlier, dist-earlier, base-study,
+    dist-study. Decides the study's DIST against the earlier DIST; ``adopted`` / ``kept`` word the two outcomes."""
+    before, after = tags
 
     def decision(gain: float, p: float) -> str:
         if gain > 0 and p < 0.05:
-            return (f"replace the served student with dist-{long}'s seed 0 and make {long} epochs configs/pretrained.json's "
-                    f"student schedule (DIST-{long} beats DIST-{short}: {gain:+.3f}, paired t p {p:.2g})")
-        return (f"keep the served student and the {short}-epoch schedule (DIST-{long} vs DIST-{short}: {gain:+.3f}, "
+            return (f"replace the served student with dist-{after}'s seed 0 and {adopted} "
+                    f"(DIST-{after} beats DIST-{before}: {gain:+.3f}, paired t p {p:.2g})")
+        return (f"keep the served student and {kept} (DIST-{after} vs DIST-{before}: {gain:+.3f}, "
                 f"paired t p {p:.2g}; the rule asks for a gain with p < 0.05)")
 
     return {"command": command.splitlines(), "decision": decision, **wording,
-            "arms": {f"base-{short}": ("reference", BASE, labels[0]), f"dist-{short}": ("reference", dist_short, labels[1]),
-                     f"base-{long}": ("study", BASE, labels[2]), f"dist-{long}": ("study", dist_long, labels[3])},
-            "deciding": [(f"dist-{long}", f"dist-{short}")],
-            "reported": [(f"base-{long}", f"base-{short}"), (f"dist-{long}", f"base-{long}")]}
+            "arms": {f"base-{before}": ("reference", configs[0], labels[0]),
+                     f"dist-{before}": ("reference", configs[1], labels[1]),
+                     f"base-{after}": ("study", configs[2], labels[2]), f"dist-{after}": ("study", configs[3], labels[3])},
+            "deciding": [(f"dist-{after}", f"dist-{before}")],
+            "reported": [(f"base-{after}", f"base-{before}"), (f"dist-{after}", f"base-{after}")]}
+
+
+def schedule_study(command: str, epochs: tuple[int, int], dist_configs: tuple[str, str], labels: tuple[str, ...],
+                   **wording) -> dict:
+    """Both recipes at the earlier grid's schedule and the study's longer one (the student alone is BASE in both)."""
+    short, long = epochs
+    return paired_study(command, epochs, (BASE, dist_configs[0], BASE, dist_configs[1]), labels,
+                        f"make {long} epochs configs/pretrained.json's student schedule",
+                        f"the {short}-epoch schedule", **wording)
 
 
 def ensemble_decision(gain: float, p: float) -> str:
@@ -92,6 +107,14 @@ STUDIES = {
         "deciding": [("dist-ensemble", "dist-shipped")], "reported": [("dist-ensemble", "base")],
         "hardware": "2-core Intel Xeon, no GPU; each run on one torch thread, three side by side (seeds 3-4: two)",
         "spread_note": "Spread over five training seeds (seeds 3-4 fixed in the grid before any run; they enter no test):"},
+    "student_labels": paired_study(
+        COMMANDS[4], ("f50", "f100"), (BASE, "long-S1-fast-f50-dist", "S1-fast-f100-base", "full-S1-fast-f100-dist"),
+        ("S1-fast alone, labels on half (grid student_schedule)", "S1-fast + DIST, labels on half (served since 0.6.0)",
+         "S1-fast alone, labels on all", "S1-fast + DIST, labels on all"),
+        "make 1.0 configs/pretrained.json's student_fraction", "the student_fraction 0.5",
+        hardware="2-core Intel Xeon, no GPU; each run on one torch thread, three side by side (beside two lower-priority "
+                 "trainings of grid ensemble_teacher at the start)",
+        spread_note=""),
 }
 
 parser = argparse.ArgumentParser()
