@@ -10,9 +10,9 @@ ensemble_teacher and student_labels.
     python docs/results/student_schedule.py runs/student_schedule runs/student_schedule_120 --study student_schedule_120 \
         --out docs/results/student_schedule_120 --more_seeds runs/student_schedule_120_seeds34
 
-    bash docs/results/ensemble_teacher.sh        # DIST from the teacher ensemble: seeds 0-2, then 3-4
+    bash docs/results/ensemble_teacher.sh        # DIST from the teacher ensemble: seeds 0-2 (seeds 3-4: stopped, resumable)
     python docs/results/student_schedule.py runs/student_schedule runs/ensemble_teacher --study ensemble_teacher \
-        --out docs/results/ensemble_teacher --more_seeds runs/ensemble_teacher_seeds34
+        --out docs/results/ensemble_teacher
 
     GRID=student_labels bash docs/results/student_schedule.sh   # both recipes with labels on all volumes, seeds 0-2
     python docs/results/student_schedule.py runs/student_schedule runs/student_labels --study student_labels \
