@@ -1,5 +1,5 @@
 r"""The served recipe's follow-up grids: made the .json, .md, .png and _per_volume/ of student_schedule{,_120},
-ensemble_teacher and student_labels.
+ensemble_teacher and student_labels{,_confirm}.
 
     bash docs/results/student_schedule.sh        # spleen-kd grid --grid student_schedule, seeds 0-2 side by side
     OUT=runs/student_schedule_seeds34 SEEDS="3 4" bash docs/results/student_schedule.sh
@@ -18,12 +18,17 @@ ensemble_teacher and student_labels.
     python docs/results/student_schedule.py runs/student_schedule runs/student_labels --study student_labels \
         --out docs/results/student_labels
 
+    GRID=student_labels_confirm SEEDS="3 4 5" bash docs/results/student_schedule.sh   # both with all labels, new seeds
+    python docs/results/student_schedule.py runs/student_labels runs/student_labels_confirm \
+        --study student_labels_confirm --out docs/results/student_labels_confirm
+
 Arms (configs/experiments/<study>.json), seeds 0-2, the same split and everything else but what the study changes:
 the schedule studies run the served recipe (S1-fast + DIST from the shipped teacher) and S1-fast alone at the
-earlier grid's schedule and a longer one, student_labels both with labels on all volumes; ensemble_teacher runs the
-served recipe with the teacher ensemble as its teacher. One deciding test (paired t over the test volumes of
-seed-averaged per-volume 3D Dice) and reported ones (one Holm family); the real fixtures per run as a regression
-check. Seeds 3-4 of the study grid's arms (--more_seeds) give the five-seed spread and enter no test.
+earlier grid's schedule and a longer one, student_labels both with labels on all volumes (student_labels_confirm
+compares those two on new seeds 3-5); ensemble_teacher runs the served recipe with the teacher ensemble as its
+teacher. One deciding test (paired t over the test volumes of seed-averaged per-volume 3D Dice) and reported ones
+(one Holm family); the real fixtures per run as a regression check. Seeds 3-4 of the study grid's arms
+(--more_seeds) give the five-seed spread and enter no test.
 """
 import argparse
 import json
@@ -81,6 +86,14 @@ def ensemble_decision(gain: float, p: float) -> str:
             f"paired t p {p:.2g}; the rule asks for a gain with p < 0.05)")
 
 
+def confirm_decision(gain: float, p: float) -> str:
+    if gain > 0 and p < 0.05:
+        return ("serve grid student_labels' S1-fast-f100-base-s0, the student trained alone on all labels (it beats DIST "
+                f"with all labels on seeds 3-5: {gain:+.3f}, paired t p {p:.2g})")
+    return (f"keep the served student (the student alone vs DIST with all labels, seeds 3-5: {gain:+.3f}, paired t p "
+            f"{p:.2g}; the rule asks for a gain with p < 0.05)")
+
+
 # study (its grid's name) -> arms (arm -> which grid folder, the grid's configuration name, label), the deciding
 # comparison, the reported ones (one Holm family), the decision's wording, hardware and the spread's caption
 STUDIES = {
@@ -115,6 +128,13 @@ STUDIES = {
         hardware="2-core Intel Xeon, no GPU; each run on one torch thread, three side by side (beside two lower-priority "
                  "trainings of grid ensemble_teacher at the start)",
         spread_note=""),
+    "student_labels_confirm": {
+        "command": COMMANDS[5].splitlines(), "decision": confirm_decision,
+        "arms": {"base-f100": ("study", "S1-fast-f100-base", "S1-fast alone, labels on all"),
+                 "dist-f100": ("study", "full-S1-fast-f100-dist", "S1-fast + DIST, labels on all (served since 0.7.0)")},
+        "deciding": [("base-f100", "dist-f100")], "reported": [],
+        "hardware": "2-core Intel Xeon, no GPU; each run on one torch thread, three side by side",
+        "spread_note": ""},
 }
 
 parser = argparse.ArgumentParser()
@@ -211,8 +231,9 @@ def fixture(arm: dict, subject: str) -> str:
     return goal_marked([v[subject] for v in arm["real_ct"].values()], STUDENT_GOAL)
 
 
+seeds = " / ".join(run.rsplit("-s", 1)[1] for run in next(iter(arms.values()))["runs"])
 lines = ["| arm | test Dice, mean ± std over seeds (per seed) | best validation Dice (epoch) by seed | "
-         "`example_ct_sm`, seeds 0 / 1 / 2 | DICOM series, seeds 0 / 1 / 2 | fixtures: mean (lowest) | train min a run |",
+         f"`example_ct_sm`, seeds {seeds} | DICOM series, seeds {seeds} | fixtures: mean (lowest) | train min a run |",
          "| --- | --- | --- | --- | --- | --- | --- |"]
 for arm in arms.values():
     validation = " / ".join("{dice:.3f} ({epoch})".format(**v) for v in arm["best_validation"])
@@ -228,8 +249,9 @@ for label, family in (("deciding", deciding), ("reported", reported)):
         lines.append(f"| {pair} ({label}) | {c['gain']:+.3f} | {c['p_t']:.2g} | {c['p_wilcoxon']:.2g} | "
                      f"{c['p_holm']:.2g} |")
 lines += ["", f"Decision (rule fixed in the grid before its runs): {decision}.",
-          "Holm: the deciding test is a family of one; " + ("the two reported tests are one family." if len(REPORTED) == 2
-                                                     else "the reported test is a family of one."),
+          "Holm: the deciding test is a family of one; " + {2: "the two reported tests are one family.",
+                                                     1: "the reported test is a family of one.",
+                                                     0: "nothing else is tested."}[len(REPORTED)],
           f"Fixture Dice in bold: ≥ {STUDENT_GOAL} (the shipped student's goal)."]
 if spread:
     lines += ["", study["spread_note"], "",
