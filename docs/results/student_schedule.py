@@ -46,20 +46,27 @@ BASE = "S1-fast-f50-base"  # the student alone: the same configuration name in e
 STUDENT_GOAL = 0.85
 
 
+def decision_rule(adopt: str, adopt_reason: str, keep: str, keep_reason: str):
+    """A study's decision, fixed before its runs: ``adopt`` only if the deciding comparison gains with paired t
+    p < 0.05, else ``keep``; each outcome states the comparison (``*_reason``) and its figures."""
+
+    def decision(gain: float, p: float) -> str:
+        if gain > 0 and p < 0.05:
+            return f"{adopt} ({adopt_reason}: {gain:+.3f}, paired t p {p:.2g})"
+        return f"{keep} ({keep_reason}: {gain:+.3f}, paired t p {p:.2g}; the rule asks for a gain with p < 0.05)"
+
+    return decision
+
+
 def paired_study(command: str, tags: tuple, configs: tuple[str, ...], labels: tuple[str, ...], adopted: str, kept: str,
                  **wording) -> dict:
     """A study of one change to both recipes (student alone, served recipe): the earlier grid's arms (tag ``tags[0]``)
     against the study grid's (``tags[1]``); configs and labels in the order base-earlier, dist-earlier, base-study,
     dist-study. Decides the study's DIST against the earlier DIST; ``adopted`` / ``kept`` word the two outcomes."""
     before, after = tags
-
-    def decision(gain: float, p: float) -> str:
-        if gain > 0 and p < 0.05:
-            return (f"replace the served student with dist-{after}'s seed 0 and {adopted} "
-                    f"(DIST-{after} beats DIST-{before}: {gain:+.3f}, paired t p {p:.2g})")
-        return (f"keep the served student and {kept} (DIST-{after} vs DIST-{before}: {gain:+.3f}, "
-                f"paired t p {p:.2g}; the rule asks for a gain with p < 0.05)")
-
+    decision = decision_rule(f"replace the served student with dist-{after}'s seed 0 and {adopted}",
+                             f"DIST-{after} beats DIST-{before}", f"keep the served student and {kept}",
+                             f"DIST-{after} vs DIST-{before}")
     return {"command": command.splitlines(), "decision": decision, **wording,
             "arms": {f"base-{before}": ("reference", configs[0], labels[0]),
                      f"dist-{before}": ("reference", configs[1], labels[1]),
@@ -75,23 +82,6 @@ def schedule_study(command: str, epochs: tuple[int, int], dist_configs: tuple[st
     return paired_study(command, epochs, (BASE, dist_configs[0], BASE, dist_configs[1]), labels,
                         f"make {long} epochs configs/pretrained.json's student schedule",
                         f"the {short}-epoch schedule", **wording)
-
-
-def ensemble_decision(gain: float, p: float) -> str:
-    if gain > 0 and p < 0.05:
-        return ("replace the served student with dist-ensemble's seed 0, commit the ensemble as models/teacher_ensemble/ "
-                f"and make it configs/pretrained.json's distillation teacher (it beats the shipped teacher's DIST: "
-                f"{gain:+.3f}, paired t p {p:.2g})")
-    return (f"keep the served student and its teacher (DIST from the ensemble vs from the shipped teacher: {gain:+.3f}, "
-            f"paired t p {p:.2g}; the rule asks for a gain with p < 0.05)")
-
-
-def confirm_decision(gain: float, p: float) -> str:
-    if gain > 0 and p < 0.05:
-        return ("serve grid student_labels' S1-fast-f100-base-s0, the student trained alone on all labels (it beats DIST "
-                f"with all labels on seeds 3-5: {gain:+.3f}, paired t p {p:.2g})")
-    return (f"keep the served student (the student alone vs DIST with all labels, seeds 3-5: {gain:+.3f}, paired t p "
-            f"{p:.2g}; the rule asks for a gain with p < 0.05)")
 
 
 # study (its grid's name) -> arms (arm -> which grid folder, the grid's configuration name, label), the deciding
@@ -112,7 +102,11 @@ STUDIES = {
                  "the 120-epoch runs' training minutes are those of epochs 61-120, continued from the 60-epoch runs",
         spread_note="Spread over five training seeds (seeds 3-4 fixed in the grid before any run; they enter no test):"),
     "ensemble_teacher": {
-        "command": COMMANDS[3].splitlines(), "decision": ensemble_decision,
+        "command": COMMANDS[3].splitlines(),
+        "decision": decision_rule("replace the served student with dist-ensemble's seed 0, commit the ensemble as "
+                                  "models/teacher_ensemble/ and make it configs/pretrained.json's distillation teacher",
+                                  "it beats the shipped teacher's DIST", "keep the served student and its teacher",
+                                  "DIST from the ensemble vs from the shipped teacher"),
         "arms": {"base": ("reference", BASE, "S1-fast alone, 60 epochs (grid student_schedule)"),
                  "dist-shipped": ("reference", "long-S1-fast-f50-dist",
                                   "S1-fast + DIST from the shipped teacher, 60 epochs (served since 0.6.0)"),
@@ -129,7 +123,10 @@ STUDIES = {
                  "trainings of grid ensemble_teacher at the start)",
         spread_note=""),
     "student_labels_confirm": {
-        "command": COMMANDS[5].splitlines(), "decision": confirm_decision,
+        "command": COMMANDS[5].splitlines(),
+        "decision": decision_rule("serve grid student_labels' S1-fast-f100-base-s0, the student trained alone on all labels",
+                                  "it beats DIST with all labels on seeds 3-5", "keep the served student",
+                                  "the student alone vs DIST with all labels, seeds 3-5"),
         "arms": {"base-f100": ("study", "S1-fast-f100-base", "S1-fast alone, labels on all"),
                  "dist-f100": ("study", "full-S1-fast-f100-dist", "S1-fast + DIST, labels on all (served since 0.7.0)")},
         "deciding": [("base-f100", "dist-f100")], "reported": [],
