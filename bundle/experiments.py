@@ -261,10 +261,12 @@ def _step(out: Path, run: str, step: str, fn, log) -> bool:
     return True
 
 
-def _write_datalists(runs: list[PlannedRun], configs: list[str], dataset_dir: str, split_seed: int, log) -> None:
+def _write_datalists(runs: list[PlannedRun], configs: list[str], dataset_dir: str, split_seed: int, log,
+                     more_training: str | None = None) -> None:
     """One split per student fraction, in the datalist format the bundle uses as is (no ``params``), so runs
-    with any ``seed`` share the split of ``split_seed``; validation, test and teacher volumes never change."""
-    from .data.datalist import check_pairs, read_pairs, split_by_volume
+    with any ``seed`` share the split of ``split_seed``; validation, test and teacher volumes never change.
+    ``more_training`` (a dataset folder) adds its volumes to the training lists only."""
+    from .data.datalist import check_pairs, read_pairs, split_by_volume, with_training_volumes
 
     files = {run.overrides["datalist_file"]: run.overrides["student_fraction"] for run in runs}
     settings = parsed(config_files("kd", *configs), runs[0].overrides)
@@ -273,18 +275,26 @@ def _write_datalists(runs: list[PlannedRun], configs: list[str], dataset_dir: st
         path = Path(path)
         if path.is_file():
             existing = json.loads(path.read_text())
-            if existing.get("dataset_dir") != str(dataset_dir) or existing.get("split_seed") != split_seed:
+            if (existing.get("dataset_dir"), existing.get("split_seed"), existing.get("more_training")) != (
+                    str(dataset_dir), split_seed, more_training):
                 raise SystemExit(f"{path} holds the split of {existing.get('dataset_dir')} (split seed "
-                                 f"{existing.get('split_seed')}), not of {dataset_dir} (split seed {split_seed}); "
-                                 "use another --out for other data.")
+                                 f"{existing.get('split_seed')}, more training volumes from "
+                                 f"{existing.get('more_training')}), not of {dataset_dir} (split seed {split_seed}, "
+                                 f"more training volumes from {more_training}); use another --out for other data.")
             continue
         if pairs is None:
+            label_value = settings.get_parsed_content("label_value")
             pairs = read_pairs(dataset_dir=dataset_dir)
-            check_pairs(pairs, settings.get_parsed_content("label_value"))
+            check_pairs(pairs, label_value)
+            extra = read_pairs(dataset_dir=more_training) if more_training else []
+            check_pairs(extra, label_value)
         split = split_by_volume(pairs, split_seed, settings.get_parsed_content("val_fraction"),
                                 settings.get_parsed_content("test_fraction"), fraction)
+        if extra:
+            split = with_training_volumes(split, extra, split_seed, fraction)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"dataset_dir": str(dataset_dir), "split_seed": split_seed,
+                                    **({"more_training": more_training} if more_training else {}),
                                     "student_fraction": fraction, **split}, indent=2))
         log(f"split {path.name}: " + ", ".join(f"{k} {len(v)}" for k, v in split.items()))
 
@@ -441,6 +451,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "data/Task09_Spleen if it is there, else phantoms made in OUT/phantoms")
     parser.add_argument("--cases", type=int, default=16, help="phantom volumes to make when there is no dataset")
     parser.add_argument("--split_seed", type=int, default=0, help="seed of the data split shared by all runs")
+    parser.add_argument("--more_training", metavar="DIR", help="an MSD-style folder whose volumes join the "
+                        "training volumes of the split only (validation and test unchanged): a study of more data")
     parser.add_argument("--only", nargs="+", metavar="PATTERN",
                         help="run only these run names (shell-style, e.g. 'T1-S1-*'), with the teachers and "
                         "baselines they need")
@@ -465,6 +477,13 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         dataset_dir = str(out / "phantoms")
         data_note = f"Data: {args.cases} procedural phantom volumes (seed {args.split_seed}) in {dataset_dir}."
+    more_training = None
+    if args.more_training:
+        if not (Path(args.more_training) / "dataset.json").is_file():
+            raise SystemExit(f"--more_training {args.more_training} holds no dataset.json; give a folder made by "
+                             "`spleen-kd synthesize` or in the MSD layout.")
+        more_training = str(Path(args.more_training).resolve())
+        data_note += f" More training volumes (validation and test unchanged): {more_training}."
     runs = plan(grid, out, seeds, dataset_dir, args.split_seed)
     runs = select(runs, args.only) if args.only else runs
     teachers = sum(run.name.startswith("teacher-") for run in runs)
@@ -482,7 +501,7 @@ def main(argv: list[str] | None = None) -> dict:
         from .data.phantoms import make_phantom_dataset
 
         make_phantom_dataset(dataset_dir, cases=args.cases, seed=args.split_seed)
-    _write_datalists(runs, configs, dataset_dir, args.split_seed, log)
+    _write_datalists(runs, configs, dataset_dir, args.split_seed, log, more_training)
     trained, evaluated = [], []
     for run in runs:
         files = config_files(run.stage, *configs, *run.configs)

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from bundle.data.datalist import DataError, check_pairs, load_or_create_datalist, read_pairs, split_by_volume
+from bundle.data.datalist import (DataError, check_pairs, load_or_create_datalist, read_pairs, split_by_volume,
+                                  with_training_volumes)
 from bundle.data.download import download_msd_spleen
 from bundle.data.phantoms import make_phantom, make_phantom_dataset
 
@@ -123,6 +124,27 @@ def test_too_few_volumes_for_the_fractions(n):
 def test_fractions_out_of_range_are_named(fractions, key):
     with pytest.raises(DataError, match=key):
         split_by_volume(_fake_pairs(10), **fractions)
+
+
+def test_more_training_volumes_leave_validation_and_test_alone():
+    split = split_by_volume(_fake_pairs(20), seed=3, student_fraction=0.5)
+    more = [{"image": f"/more/imagesTr/spleen_{i}.nii.gz", "label": f"/more/labelsTr/spleen_{i}.nii.gz"}
+            for i in range(20, 30)]
+    grown = _images(with_training_volumes(split, more, seed=3, student_fraction=0.5))
+    before = _images(split)
+    assert grown["validation"] == before["validation"] and grown["test"] == before["test"]
+    assert grown["teacher_train"] == before["teacher_train"] | {p["image"] for p in more}
+    assert grown["student_train"] > before["student_train"] and grown["student_train"] < grown["teacher_train"]
+    assert len(grown["student_train"] - before["student_train"]) == 5  # the same fraction of the new volumes
+    assert _images(with_training_volumes(split, more, seed=3, student_fraction=1.0))["student_train"] >= {
+        p["image"] for p in more}
+
+
+def test_more_training_volumes_may_not_repeat_a_volume_of_the_split():
+    split = split_by_volume(_fake_pairs(20), seed=0)
+    again = split["test"][:1] + [{"image": "/more/a.nii.gz", "label": "/more/a_label.nii.gz"}]
+    with pytest.raises(DataError, match=r"1 of the added training volumes .*spleen_\d+\.nii\.gz.* already"):
+        with_training_volumes(split, again, seed=0, student_fraction=0.5)
 
 
 # The datalist file

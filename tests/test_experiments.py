@@ -196,6 +196,26 @@ def test_smoke_grid_and_dry_run_plan_without_running(tmp_path, capsys, monkeypat
     assert only["planned"] == ["teacher-T2", "S1-f100-base-s1", "T2-S1-f100-nce_e-s1"]  # with what it needs
 
 
+def test_more_training_volumes_join_every_split_file_and_change_no_held_out_volume(phantom_dir, tmp_path):
+    from bundle.data.phantoms import make_phantom_dataset
+
+    more = make_phantom_dataset(tmp_path / "more", cases=2, seed=5, shape=(64, 64, 24), spacing=(5.0, 5.0, 10.0)).parent
+    grid = experiments.load_grid("smoke")
+    configs = [str(REPO / c) for c in grid["configs"]]
+    lists = {}
+    for name, extra in (("plain", None), ("grown", str(more))):
+        runs = experiments.plan(grid, tmp_path / name, [0], str(phantom_dir))
+        experiments._write_datalists(runs, configs, str(phantom_dir), 0, print, extra)
+        lists[name] = json.loads((tmp_path / name / "datalists" / "split0-f50.json").read_text())
+    plain, grown = lists["plain"], lists["grown"]
+    assert grown["validation"] == plain["validation"] and grown["test"] == plain["test"]
+    added = {pair["image"] for pair in grown["teacher_train"]} - {pair["image"] for pair in plain["teacher_train"]}
+    assert len(added) == 2 and all(image.startswith(str(more)) for image in added)
+    assert grown["more_training"] == str(more) and "more_training" not in plain
+    with pytest.raises(SystemExit, match="more training volumes from None"):  # the grown split is not reused for other data
+        experiments._write_datalists(runs, configs, str(phantom_dir), 0, print, None)
+
+
 def test_proof_grid_plans_the_assistant_chain_and_the_unlabelled_arm(tmp_path):
     grid = experiments.load_grid("proof")
     runs = experiments.plan(grid, tmp_path, [0, 1], "/data/phantoms")

@@ -264,6 +264,22 @@ def split_by_volume(pairs: Sequence[dict], seed: int = 0, val_fraction: float = 
     return {key: sorted(split[key], key=lambda pair: pair["image"]) for key in SPLITS}
 
 
+def with_training_volumes(split: dict[str, list[dict]], pairs: Sequence[dict], seed: int,
+                          student_fraction: float) -> dict[str, list[dict]]:
+    """``split`` with ``pairs`` added to its training volumes only: ``teacher_train`` gets all of them,
+    ``student_train`` the same fraction of them as of the split's own, so a study of more training data
+    scores every arm on the same validation and test volumes."""
+    present = {pair["image"] for key in SPLITS for pair in split[key]}
+    repeated = sorted(pair["image"] for pair in pairs if pair["image"] in present)
+    if repeated:
+        raise DataError(f"{len(repeated)} of the added training volumes (e.g. {repeated[:3]}) are already in the "
+                        "split; add only volumes the split does not hold, or a test volume would be trained on.")
+    added = split_by_volume(pairs, seed, val_fraction=0, test_fraction=0, student_fraction=student_fraction)
+    grown = {**split, "teacher_train": split["teacher_train"] + added["teacher_train"],
+             "student_train": split["student_train"] + added["student_train"]}
+    return {key: sorted(grown[key], key=lambda pair: pair["image"]) for key in SPLITS}
+
+
 def check_split(split: dict[str, list[dict]], path: str | os.PathLike) -> None:
     """Refuse a split file that would score a model on volumes it learned from: a volume in two of
     ``teacher_train`` / ``validation`` / ``test``, or a ``student_train`` volume outside ``teacher_train``

@@ -1,5 +1,5 @@
 r"""The served recipe's follow-up grids: made the .json, .md, .png and _per_volume/ of student_schedule{,_120},
-ensemble_teacher and student_labels{,_confirm}.
+ensemble_teacher, student_labels{,_confirm} and more_volumes.
 
     bash docs/results/student_schedule.sh        # spleen-kd grid --grid student_schedule, seeds 0-2 side by side
     OUT=runs/student_schedule_seeds34 SEEDS="3 4" bash docs/results/student_schedule.sh
@@ -22,12 +22,18 @@ ensemble_teacher and student_labels{,_confirm}.
     python docs/results/student_schedule.py runs/student_labels runs/student_labels_confirm \
         --study student_labels_confirm --out docs/results/student_labels_confirm
 
+    spleen-kd synthesize --out data/pretrained_more --cases 306 --first_case 360 --seed 1000   # 306 new volumes
+    GRID=more_volumes MORE_TRAINING=data/pretrained_more bash docs/results/student_schedule.sh   # S1-fast alone on 612
+    python docs/results/student_schedule.py runs/student_labels runs/more_volumes --study more_volumes \
+        --out docs/results/more_volumes
+
 Arms (configs/experiments/<study>.json), seeds 0-2, the same split and everything else but what the study changes:
 the schedule studies run the served recipe (S1-fast + DIST from the shipped teacher) and S1-fast alone at the
 earlier grid's schedule and a longer one, student_labels both with labels on all volumes (student_labels_confirm
 compares those two on new seeds 3-5); ensemble_teacher runs the served recipe with the teacher ensemble as its
-teacher. One deciding test (paired t over the test volumes of seed-averaged per-volume 3D Dice) and reported ones
-(one Holm family); the real fixtures per run as a regression check. Seeds 3-4 of the study grid's arms
+teacher; more_volumes trains S1-fast alone on twice the labelled volumes at the same steps. One deciding test (paired
+t over the test volumes of seed-averaged per-volume 3D Dice) and reported ones (one Holm family); the real fixtures
+per run as a regression check. Seeds 3-4 of the study grid's arms
 (--more_seeds) give the five-seed spread and enter no test.
 """
 import argparse
@@ -84,6 +90,30 @@ def schedule_study(command: str, epochs: tuple[int, int], dist_configs: tuple[st
                         f"the {short}-epoch schedule", **wording)
 
 
+def more_volumes_study() -> dict:
+    """S1-fast alone on 612 labelled volumes against the served student's recipe on 306 (grid student_labels),
+    the served one read from models/model.json's provenance as the grid's rule says; reported: against the other."""
+    served_run = json.loads(Path("models/model.json").read_text())["provenance"]["recipe"].split("run ")[-1].split()[0]
+    references = {"dist-306": "full-S1-fast-f100-dist", "base-306": "S1-fast-f100-base"}
+    served = [arm for arm, config in references.items() if served_run.startswith(config + "-s")]
+    if not served:
+        raise SystemExit(f"models/model.json serves run {served_run}, none of grid student_labels' {references}: "
+                         "the more_volumes rule compares with the served recipe, so it does not apply.")
+    (served,) = served
+    (other,) = [arm for arm in references if arm != served]
+    return {
+        "command": COMMANDS[6].splitlines(),
+        "decision": decision_rule("serve grid more_volumes' S1-fast-f100-base-s0, the student trained alone on 612 volumes",
+                                  f"it beats the served recipe on 306 volumes, {served}", "keep the served student",
+                                  f"the student alone on 612 volumes vs the served recipe ({served}) on 306"),
+        "arms": {"base-306": ("reference", references["base-306"], "S1-fast alone, 306 volumes (grid student_labels)"),
+                 "dist-306": ("reference", references["dist-306"], "S1-fast + DIST, 306 volumes (grid student_labels)"),
+                 "base-612": ("study", "S1-fast-f100-base", "S1-fast alone, 612 volumes")},
+        "deciding": [("base-612", served)], "reported": [("base-612", other)],
+        "hardware": "2-core Intel Xeon, no GPU; each run on one torch thread, three side by side",
+        "spread_note": ""}
+
+
 # study (its grid's name) -> arms (arm -> which grid folder, the grid's configuration name, label), the deciding
 # comparison, the reported ones (one Holm family), the decision's wording, hardware and the spread's caption
 STUDIES = {
@@ -132,7 +162,10 @@ STUDIES = {
         "deciding": [("base-f100", "dist-f100")], "reported": [],
         "hardware": "2-core Intel Xeon, no GPU; each run on one torch thread, three side by side",
         "spread_note": ""},
+    "more_volumes": more_volumes_study,
 }
+
+
 
 parser = argparse.ArgumentParser()
 parser.add_argument("reference_grid", help="the earlier grid's output folder (the arms the study compares against), "
@@ -143,7 +176,7 @@ parser.add_argument("--out", required=True, help="output stem: writes STEM.json,
 parser.add_argument("--more_seeds", help="the study grid's output folder of seeds 3-4, with real_ct.json: the study "
                     "arms' spread over five seeds, outside every test")
 args = parser.parse_args()
-study = STUDIES[args.study]
+study = STUDIES[args.study]() if callable(STUDIES[args.study]) else STUDIES[args.study]
 ARMS, DECIDING, REPORTED = study["arms"], study["deciding"], study["reported"]
 folders = {"reference": Path(args.reference_grid), "study": Path(args.study_grid)}
 stem = Path(args.out)
