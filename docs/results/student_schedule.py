@@ -160,7 +160,10 @@ STUDIES = {
         "arms": {"base-f100": ("study", "S1-fast-f100-base", "S1-fast alone, labels on all"),
                  "dist-f100": ("study", "full-S1-fast-f100-dist", "S1-fast + DIST, labels on all (served since 0.7.0)")},
         "deciding": [("base-f100", "dist-f100")], "reported": [],
-        "hardware": "2-core Intel Xeon, no GPU; each run on one torch thread, three side by side",
+        "hardware": "2-core Intel Xeon, no GPU; each run on one torch thread, three side by side; the student-alone "
+                    "runs were interrupted after epoch 35 and resumed from their training state, so their training "
+                    "minutes are those of epochs 36-60; the DIST runs had two lower-priority synthesis processes "
+                    "beside them for their first 20 minutes",
         "spread_note": ""},
     "more_volumes": more_volumes_study,
 }
