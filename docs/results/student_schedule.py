@@ -187,7 +187,9 @@ stem = Path(args.out)
 
 def described(folder: Path) -> dict:
     summary = json.loads((folder / "summary.json").read_text())
-    return {entry["config"]: entry for entry in [summary["baseline"], *summary["variants"].values()]}
+    # a grid without variants compares nothing: its baseline is empty and its configurations are under "others"
+    entries = [summary["baseline"], *summary["variants"].values(), *summary["others"].values()]
+    return {entry["config"]: entry for entry in entries if entry}
 
 
 def best_validation(folder: Path, run: str) -> dict:
