@@ -3,7 +3,8 @@
     python docs/results/shipped_synthetic_test.py --work runs/shipped_test --out docs/results/shipped_synthetic_test.json
 
 The shipped models were trained on `spleen-kd synthesize --cases 360 --seed 1000` split by
-`configs/pretrained.json` (split seed 0, 5 % validation, 10 % test). Case i of a seed depends only on
+`configs/pretrained.json` (split seed 0, 5 % validation, 10 % test; the served student also on cases 360-665 of
+that seed, added to the training volumes only). Case i of a seed depends only on
 (seed, i), so the 36 test cases are made again alone (not the 2.7 GB of the other 324) with the
 generator of this commit, and each shipped checkpoint is scored on them as `spleen-kd evaluate` scores a
 test split (configs/evaluate.json: SliceInferer, inversion to the image grid, per-volume 3D metrics).
