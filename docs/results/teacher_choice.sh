@@ -6,14 +6,19 @@
 # (--resume true; logs are appended to, so the validation history stays whole; train_seconds then
 # counts the last attempt only). The extension's seeds 0 and 1 were interrupted after epoch 5 and
 # resumed with WORKERS=3 (seed 2 beside them), all three on the 2-core machine.
+# OUT, SPLIT and JOBS (queue lines "arm seed configs...") run another teacher study the same way
+# (docs/results/teacher_more_volumes.sh).
 #   bash docs/results/teacher_choice.sh            (from the repository root, the venv active)
 set -euo pipefail
-OUT=runs/teacher_choice
-SPLIT=runs/shipped/datalists/split0-f50.json
+OUT=${OUT:-runs/teacher_choice}
+SPLIT=${SPLIT:-runs/shipped/datalists/split0-f50.json}
 HALF=configs/experiments/teacher_choice/half_width.json
 S160=configs/experiments/teacher_choice/slice160.json
 mkdir -p "$OUT"
-cat > "$OUT/queue" <<JOBS
+if [ -n "${JOBS:-}" ]; then
+    printf '%s\n' "$JOBS" > "$OUT/queue"
+else
+    cat > "$OUT/queue" <<JOBS
 T1-128 2 --config pretrained
 T1-half-128 0 --config pretrained --config $HALF
 T1-half-128 1 --config pretrained --config $HALF
@@ -23,6 +28,7 @@ T1-160 0 --config pretrained --config $S160
 T1-160 1 --config pretrained --config $S160
 T1-160 2 --config pretrained --config $S160
 JOBS
+fi
 
 job() {  # arm seed configs...
     local arm=$1 seed=$2; shift 2
