@@ -1,8 +1,11 @@
-"""Figures and tables for reports: overlay grids, training curves from TensorBoard logs, markdown tables."""
+"""Figures and tables for reports: overlay grids, training curves from TensorBoard logs, markdown tables, and
+the record of one trained teacher of a teacher study."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -99,6 +102,49 @@ def goal_marked(values: Sequence[float], goal: float) -> str:
     """Values as one table cell, ``" / "``-joined to three decimals, those at or above ``goal`` in bold: a
     study's per-training fixture Dice against the goal the model card sets."""
     return " / ".join(f"**{v:.3f}**" if v >= goal else f"{v:.3f}" for v in values)
+
+
+_VALIDATION = re.compile(r"Epoch\[(\d+)\] Metrics -- val_mean_dice: ([0-9.]+)")
+_EPOCH_TIME = re.compile(r"Trainer - INFO - Epoch\[(\d+)\] Complete\. Time taken: (\d+):(\d+):([0-9.]+)")  # with validation
+
+
+def teacher_run(folder: Path, log_file: Path, machine: str) -> dict:
+    """One job of ``docs/results/teacher_choice.sh``: per-volume test Dice, best validation Dice and its epoch,
+    fixture Dice and training seconds (a resumed run has only its last attempt timed, so it counts the sum of
+    its logged epoch times); ``machine`` says where and beside what it ran."""
+    from .stats import read_volume_metrics
+
+    log = log_file.read_text()
+    validation = {int(e): float(d) for e, d in _VALIDATION.findall(log)}  # a resumed run's repeats: the last counts
+    best = max(validation, key=validation.get)
+    resumed = "resumed from" in log
+    epochs = {int(e): int(h) * 3600 + int(m) * 60 + float(sec) for e, h, m, sec in _EPOCH_TIME.findall(log)}
+    real = next(iter(json.loads((folder / "real_ct.json").read_text()).values()))
+    volumes = read_volume_metrics(folder / "eval" / "teacher" / "test" / "metrics.csv")
+    return {"source": f"{folder} ({machine}" + (", interrupted and resumed)" if resumed else ")"),
+            "test_dice_per_volume": {case: round(m["dice"], 4) for case, m in volumes.items()},
+            "best_epoch": best, "validation_dice_best": round(validation[best], 4),
+            "validation_dice_by_epoch": {e: round(d, 4) for e, d in sorted(validation.items())},
+            "real_ct": {subject: r["dice"] for subject, r in real["subjects"].items()},
+            "train_seconds": round(sum(epochs.values())) if resumed else int((folder / "train_seconds").read_text()),
+            "train_seconds_counted": "sum of logged epoch times" if resumed else "wall time of the training command"}
+
+
+TEACHER_TABLE_HEADER = ["| arm | parameters | test Dice, mean ± std over seeds (per seed) | best validation Dice (epoch) "
+                        "by seed | `example_ct_sm` by seed | DICOM series by seed | train minutes |",
+                        "| --- | --- | --- | --- | --- | --- | --- |"]
+
+
+def teacher_arm_row(name: str, arm: dict, goal: float) -> str:
+    """One arm of a teacher study (its ``parameters``, test Dice over ``seeds`` of :func:`teacher_run` records)
+    as a row under ``TEACHER_TABLE_HEADER``; fixture Dice at or above ``goal`` in bold."""
+    seeds = arm["seeds"].values()
+    fixtures = [goal_marked([s["real_ct"][subject] for s in seeds], goal) for subject in ("example_ct_sm", "example_ct_dicom")]
+    minutes = ", ".join("–" if s["train_seconds"] is None else f"{s['train_seconds'] / 60:.0f}" for s in seeds)
+    return (f"| {name} | {arm['parameters'] / 1e6:.2f} M | {arm['test_dice_mean']:.3f} ± {arm['test_dice_std']:.3f} "
+            f"({', '.join(f'{d:.3f}' for d in arm['test_dice_per_seed'])}) | "
+            + " / ".join(f"{s['validation_dice_best']:.3f} ({s['best_epoch']})" for s in seeds)
+            + f" | {fixtures[0]} | {fixtures[1]} | {minutes} |")
 
 
 def _spleen_slice(image_path: str, label_path: str) -> tuple:

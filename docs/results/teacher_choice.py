@@ -15,22 +15,19 @@ paired test against T1-128, outside the study's Holm family.
 import argparse
 import csv
 import json
-import re
 import shutil
 from pathlib import Path
 
 from bundle.data.assets import REAL_CASES
-from bundle.report import arms_figure, goal_marked
+from bundle.report import TEACHER_TABLE_HEADER, arms_figure, teacher_arm_row, teacher_run
 from bundle.networks import from_definition
-from bundle.stats import mean_std, paired_comparisons, read_volume_metrics
+from bundle.stats import mean_std, paired_comparisons
 from bundle.workflows import config_files, network_definition
 
 STUDY = Path("configs/experiments/teacher_choice/study.json")
 RESULTS = Path("docs/results")
 TEACHER_GOAL = 0.90
 PAIRS = [("T1-half-128", "T1-128"), ("T1-half-160", "T1-half-128"), ("T1-half-160", "T1-128")]
-VALIDATION = re.compile(r"Epoch\[(\d+)\] Metrics -- val_mean_dice: ([0-9.]+)")
-EPOCH_TIME = re.compile(r"Trainer - INFO - Epoch\[(\d+)\] Complete\. Time taken: (\d+):(\d+):([0-9.]+)")  # with validation
 
 parser = argparse.ArgumentParser()
 parser.add_argument("runs", help="the study's output folder (docs/results/teacher_choice.sh writes it)")
@@ -68,25 +65,9 @@ def earlier_seed(seed: int) -> dict:
 
 
 def study_run(arm: str, seed: int) -> dict:
-    folder = runs / f"{arm}-s{seed}"
-    log = (runs / f"{arm}-s{seed}.log").read_text()
-    validation = {int(e): float(d) for e, d in VALIDATION.findall(log)}  # a resumed run's repeats: the last counts
-    best = max(validation, key=validation.get)
-    resumed = "resumed from" in log
-    # train_seconds counts a resumed run's last attempt only: such a run reports the sum of its logged epoch times
-    epochs = {int(e): int(h) * 3600 + int(m) * 60 + float(sec) for e, h, m, sec in EPOCH_TIME.findall(log)}
-    real = next(iter(json.loads((folder / "real_ct.json").read_text()).values()))
-    volumes = read_volume_metrics(folder / "eval" / "teacher" / "test" / "metrics.csv")
     side_by_side = "three" if arm == EXT_ARM else "two"
-    return {"source": f"{folder} (Intel Xeon, one thread, {side_by_side} runs side by side"
-                      + (", interrupted and resumed)" if resumed else ")"),
-            "test_dice_per_volume": {case: round(m["dice"], 4) for case, m in volumes.items()},
-            "best_epoch": best, "validation_dice_best": round(validation[best], 4),
-            "validation_dice_by_epoch": {e: round(d, 4) for e, d in sorted(validation.items())},
-            "real_ct": {subject: r["dice"] for subject, r in real["subjects"].items()},
-            "train_seconds": round(sum(epochs.values())) if resumed else int((folder / "train_seconds").read_text()),
-            "train_seconds_counted": "sum of logged epoch times" if resumed else "wall time of the training command"}
-
+    return teacher_run(runs / f"{arm}-s{seed}", runs / f"{arm}-s{seed}.log",
+                       f"Intel Xeon, one thread, {side_by_side} runs side by side")
 
 arms = {}
 for arm in ARMS:
@@ -152,22 +133,7 @@ with open(per_volume / "seed_averaged.csv", "w", newline="") as stream:
         writer.writerow([case, *(f"{arm['test_dice_per_volume'][case]:.4f}" for arm in arms.values())])
 
 
-def fixture(arm: dict, subject: str) -> str:
-    return goal_marked([s["real_ct"][subject] for s in arm["seeds"].values()], TEACHER_GOAL)
-
-
-def minutes(arm: dict) -> str:
-    return ", ".join("–" if s["train_seconds"] is None else f"{s['train_seconds'] / 60:.0f}" for s in arm["seeds"].values())
-
-
-lines = ["| arm | parameters | test Dice, mean ± std over seeds (per seed) | best validation Dice (epoch) by seed "
-         "| `example_ct_sm` by seed | DICOM series by seed | train minutes |",
-         "| --- | --- | --- | --- | --- | --- | --- |"]
-for name, arm in arms.items():
-    lines.append(f"| {name} | {arm['parameters'] / 1e6:.2f} M | {arm['test_dice_mean']:.3f} ± {arm['test_dice_std']:.3f} "
-                 f"({', '.join(f'{d:.3f}' for d in arm['test_dice_per_seed'])}) | "
-                 + " / ".join(f"{s['validation_dice_best']:.3f} ({s['best_epoch']})" for s in arm["seeds"].values())
-                 + f" | {fixture(arm, 'example_ct_sm')} | {fixture(arm, 'example_ct_dicom')} | {minutes(arm)} |")
+lines = TEACHER_TABLE_HEADER + [teacher_arm_row(name, arm, TEACHER_GOAL) for name, arm in arms.items()]
 lines += ["", "| comparison (36 test volumes, seed-averaged per volume) | gain | p (paired t) | p (Wilcoxon) | p (Holm, 3) |",
           "| --- | --- | --- | --- | --- |"]
 for name, c in comparisons.items():
