@@ -130,6 +130,21 @@ def teacher_run(folder: Path, log_file: Path, machine: str) -> dict:
             "train_seconds_counted": "sum of logged epoch times" if resumed else "wall time of the training command"}
 
 
+def teacher_arm(note: str, parameters: int, seeds: dict) -> dict:
+    """A teacher study's arm from its :func:`teacher_run` records by seed: their test Dice (per seed, mean ± std)
+    and each test volume's Dice averaged over the seeds, the pairing unit of the study's tests."""
+    from .stats import mean_std
+
+    per_seed = [sum(s["test_dice_per_volume"].values()) / len(s["test_dice_per_volume"]) for s in seeds.values()]
+    cases = sorted(next(iter(seeds.values()))["test_dice_per_volume"])
+    mean, std, _ = mean_std(per_seed)
+    return {"note": note, "parameters": parameters, "seeds": seeds,
+            "test_dice_per_seed": [round(d, 4) for d in per_seed], "test_dice_mean": round(mean, 4),
+            "test_dice_std": round(std, 4),
+            "test_dice_per_volume": {c: sum(s["test_dice_per_volume"][c] for s in seeds.values()) / len(seeds)
+                                     for c in cases}}
+
+
 TEACHER_TABLE_HEADER = ["| arm | parameters | test Dice, mean ± std over seeds (per seed) | best validation Dice (epoch) "
                         "by seed | `example_ct_sm` by seed | DICOM series by seed | train minutes |",
                         "| --- | --- | --- | --- | --- | --- | --- |"]

@@ -2,7 +2,7 @@
 
 import json
 
-from bundle.report import TEACHER_TABLE_HEADER, teacher_arm_row, teacher_run
+from bundle.report import TEACHER_TABLE_HEADER, teacher_arm, teacher_arm_row, teacher_run
 
 TRAINER = "ignite.engine.engine.ComposedLossTrainer"
 
@@ -49,3 +49,13 @@ def test_a_resumed_job_keeps_its_last_validation_and_counts_its_logged_epochs(tm
                                 "test_dice_per_seed": [0.6562], "seeds": {1: run}}, goal=0.90)
     assert row == "| T | 2.71 M | 0.656 ± 0.000 (0.656) | 0.600 (6) | **0.910** | 0.880 | 12 |"
     assert row.count("|") == TEACHER_TABLE_HEADER[0].count("|")
+
+
+def test_an_arm_averages_each_volume_over_its_seeds():
+    seeds = {0: {"test_dice_per_volume": {"b": 0.6, "a": 0.8}}, 1: {"test_dice_per_volume": {"a": 0.4, "b": 0.2}}}
+    arm = teacher_arm("note", 42, seeds)
+    assert arm["test_dice_per_seed"] == [0.7, 0.3] and arm["test_dice_mean"] == 0.5
+    assert abs(arm["test_dice_std"] - 0.2828) < 1e-4  # sample std of 0.7 and 0.3
+    assert list(arm["test_dice_per_volume"]) == ["a", "b"]
+    assert [round(d, 6) for d in arm["test_dice_per_volume"].values()] == [0.6, 0.4]
+    assert arm["parameters"] == 42 and arm["seeds"] is seeds

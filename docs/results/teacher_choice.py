@@ -19,9 +19,9 @@ import shutil
 from pathlib import Path
 
 from bundle.data.assets import REAL_CASES
-from bundle.report import TEACHER_TABLE_HEADER, arms_figure, teacher_arm_row, teacher_run
+from bundle.report import TEACHER_TABLE_HEADER, arms_figure, teacher_arm, teacher_arm_row, teacher_run
 from bundle.networks import from_definition
-from bundle.stats import mean_std, paired_comparisons
+from bundle.stats import paired_comparisons
 from bundle.workflows import config_files, network_definition
 
 STUDY = Path("configs/experiments/teacher_choice/study.json")
@@ -69,17 +69,10 @@ def study_run(arm: str, seed: int) -> dict:
     return teacher_run(runs / f"{arm}-s{seed}", runs / f"{arm}-s{seed}.log",
                        f"Intel Xeon, one thread, {side_by_side} runs side by side")
 
-arms = {}
-for arm in ARMS:
-    seeds = {seed: earlier_seed(seed) if arm == "T1-128" and seed < 2 else study_run(arm, seed) for seed in ARM_SEEDS[arm]}
-    per_seed = [sum(s["test_dice_per_volume"].values()) / len(s["test_dice_per_volume"]) for s in seeds.values()]
-    cases = sorted(seeds[0]["test_dice_per_volume"])
-    mean, std, _ = mean_std(per_seed)
-    arms[arm] = {"note": ARMS[arm]["note"], "parameters": parameters(arm), "seeds": seeds,
-                 "test_dice_per_seed": [round(d, 4) for d in per_seed], "test_dice_mean": round(mean, 4),
-                 "test_dice_std": round(std, 4),
-                 "test_dice_per_volume": {c: sum(s["test_dice_per_volume"][c] for s in seeds.values()) / len(seeds)
-                                          for c in cases}}
+
+arms = {arm: teacher_arm(ARMS[arm]["note"], parameters(arm),
+                         {seed: earlier_seed(seed) if arm == "T1-128" and seed < 2 else study_run(arm, seed)
+                          for seed in ARM_SEEDS[arm]}) for arm in ARMS}
 
 per_volume_dice = {name: arm["test_dice_per_volume"] for name, arm in arms.items()}
 comparisons = paired_comparisons(per_volume_dice, PAIRS)

@@ -15,8 +15,8 @@ import shutil
 from pathlib import Path
 
 from bundle.data.assets import REAL_CASES
-from bundle.report import TEACHER_TABLE_HEADER, arms_figure, teacher_arm_row, teacher_run
-from bundle.stats import mean_std, paired_comparisons
+from bundle.report import TEACHER_TABLE_HEADER, arms_figure, teacher_arm, teacher_arm_row, teacher_run
+from bundle.stats import paired_comparisons
 
 STUDY = Path("configs/experiments/teacher_choice/more_volumes.json")
 REFERENCE = Path("docs/results/teacher_choice.json")
@@ -32,24 +32,14 @@ study = json.loads(STUDY.read_text())
 ARM = args.arm
 
 
-def summarised(note: str, seeds: dict) -> dict:
-    """An arm's seeds with the mean ± std of their test Dice and the seed-averaged Dice of each test volume; the
-    study arm's network is the reference's (the same recipe), so both count its parameters."""
-    per_seed = [sum(s["test_dice_per_volume"].values()) / len(s["test_dice_per_volume"]) for s in seeds.values()]
-    cases = sorted(next(iter(seeds.values()))["test_dice_per_volume"])
-    mean, std, _ = mean_std(per_seed)
-    return {"note": note, "parameters": reference["parameters"], "seeds": seeds, "test_dice_per_seed": [round(d, 4) for d in per_seed],
-            "test_dice_mean": round(mean, 4), "test_dice_std": round(std, 4),
-            "test_dice_per_volume": {c: sum(s["test_dice_per_volume"][c] for s in seeds.values()) / len(seeds)
-                                     for c in cases}}
-
-
 reference = json.loads(REFERENCE.read_text())["arms"]["T1-128"]
 study_seeds = study["seeds"].get(ARM, study["seeds"]["T1-128-612"])
-arms = {"T1-128": summarised(reference["note"] + " (306 training volumes; teacher_choice.json)", reference["seeds"]),
-        ARM: summarised(study["arms"].get(ARM, study["arms"]["T1-128-612"])["note"],
-                        {seed: teacher_run(runs / f"{ARM}-s{seed}", runs / f"{ARM}-s{seed}.log",
-                                           "Intel Xeon, one thread, three runs side by side") for seed in study_seeds})}
+# the study arm's network is the reference's (the same recipe): both count its parameters
+arms = {"T1-128": teacher_arm(reference["note"] + " (306 training volumes; teacher_choice.json)",
+                              reference["parameters"], reference["seeds"]),
+        ARM: teacher_arm(study["arms"].get(ARM, study["arms"]["T1-128-612"])["note"], reference["parameters"],
+                         {seed: teacher_run(runs / f"{ARM}-s{seed}", runs / f"{ARM}-s{seed}.log",
+                                            "Intel Xeon, one thread, three runs side by side") for seed in study_seeds})}
 per_volume_dice = {name: arm["test_dice_per_volume"] for name, arm in arms.items()}
 comparison = paired_comparisons(per_volume_dice, [(ARM, "T1-128")])
 (result,) = comparison.values()
