@@ -5,8 +5,8 @@ teacher_more_volumes.json, .md, .png and teacher_more_volumes_per_volume/.
     bash docs/results/teacher_more_volumes.sh                                                   # seeds 0-2
     python docs/results/teacher_more_volumes.py runs/teacher_more_volumes --out docs/results/teacher_more_volumes
 
-The reference arm, the shipped recipe T1-128 on 306 volumes (seeds 0-2, seed 0 the shipped teacher), is read from
-teacher_choice.json: the same 36 test volumes, evaluated the same way. One paired test and the study file's rule.
+The reference arm, the shipped recipe T1-128 on 306 volumes (seeds 0-2, seed 0 the teacher shipped until 0.8.0), is
+read from teacher_choice.json: the same 36 test volumes, evaluated the same way. One paired test and the study file's rule.
 ``--arm`` names another arm of the same layout (the analysis was exercised with teacher_choice's T1-160).
 """
 import argparse
