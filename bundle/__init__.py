@@ -8,7 +8,7 @@ TensorBoard, the losses).
 
 import importlib
 
-__version__ = "0.8.0"
+__version__ = "0.9.0"
 
 _SUBMODULES = ("arrays", "checkpoint", "checks", "data", "engine", "files", "handlers", "io", "losses", "metrics", "networks",
                "report", "reproducibility", "serving", "stats", "switches", "teacher", "tracking", "transforms",
