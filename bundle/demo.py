@@ -32,8 +32,8 @@ def best_model(out: Path, stage: str) -> Path:
 
 def shipped_teacher() -> Path:
     """The demo's teacher: the one its figures were measured with (models/teacher_306/, shipped as models/teacher/
-    until 0.8.0). With the teacher shipped since 0.9.0 one demo run in six put the KD student below the demo's 0.70
-    on a real fixture (docs/results/README.md), so the demo keeps the teacher it was measured with."""
+    until 0.8.0). Distilled from the teacher shipped since 0.9.0 the demo's KD student fell below the demo's 0.70 on
+    a real fixture in two of four runs (docs/results/README.md), so the demo keeps the teacher it was measured with."""
     return models_dir() / "teacher_306" / "model.pt"
 
 
