@@ -72,7 +72,7 @@ lines += ["", "| comparison (36 test volumes, seed-averaged per volume) | gain |
 lines += [f"| {name} | {c['gain']:+.3f} | {c['p_t']:.2g} | {c['p_wilcoxon']:.2g} |" for name, c in comparison.items()]
 lines += ["", f"Decision (rule fixed in {STUDY} before the runs): {decision}.",
           f"Fixture Dice in bold: ≥ {TEACHER_GOAL:.2f} (the teacher's goal); the fixtures are a regression check, not the "
-          "evaluation. Train minutes: T1-128's as teacher_choice.json gives them (seed 0, the shipped teacher, was "
+          "evaluation. Train minutes: T1-128's as teacher_choice.json gives them (seed 0, the teacher shipped until 0.8.0, was "
           "trained on another machine)."]
 stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
